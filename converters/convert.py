@@ -1,0 +1,205 @@
+"""`normfast convert`: a source dataset -> ffcv/dali formats + manifest.json, atomically.
+
+One pass per split decodes every image once (validating shape and label), writes it to a
+uint8 staging file and accumulates exact integer statistics; the format writers then read
+the staging file. Everything goes to a temporary sibling directory that is renamed into
+place at the end, so a failure or an interrupt leaves no partial output.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import normfast
+from converters.formats import StagingDataset, formats
+from converters.sources import Source, limit, sources
+from normfast.errors import NormfastError
+from normfast.manifest import MANIFEST, file_entry, write_json_atomic
+from normfast.progress import progress_bar
+from normfast.registry import parse_list
+
+ENCODINGS = ("raw", "png", "jpg")
+
+
+@dataclass
+class ConvertConfig:
+    source: str
+    out: Path
+    src: Path | None = None
+    formats: tuple[str, ...] = ("ffcv", "dali")
+    encoding: str = "raw"
+    quality: int = 90
+    limit: int | None = None
+    size: int | None = None
+    force: bool = False
+    download: bool = False
+    quiet: bool = False
+
+
+class ChannelStats:
+    """Exact per-channel sums of p and p^2 over uint8 pixels (Python ints: no overflow)."""
+
+    def __init__(self):
+        self.n, self.s1, self.s2 = 0, [0, 0, 0], [0, 0, 0]
+
+    def add(self, img: np.ndarray) -> None:
+        flat = img.reshape(-1, 3).astype(np.int64)
+        self.n += flat.shape[0]
+        for c in range(3):
+            self.s1[c] += int(flat[:, c].sum())
+            self.s2[c] += int((flat[:, c] * flat[:, c]).sum())
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Mean and population std in [0,1] units, in float64 from exact integer sums."""
+        if self.n == 0:
+            return [0.0] * 3, [0.0] * 3
+        mean = [s / self.n / 255.0 for s in self.s1]
+        var = [(s2 * self.n - s1 * s1) / (self.n * self.n) for s1, s2 in zip(self.s1, self.s2)]
+        return mean, [float(np.sqrt(v)) / 255.0 for v in var]
+
+
+def resize_to(img: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side to `size` (bilinear), then a centre crop to size x size."""
+    h, w = img.shape[:2]
+    if (h, w) == (size, size):
+        return img
+    from PIL import Image
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    im = Image.fromarray(img).resize((nw, nh), Image.BILINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def describe(ds, i: int) -> str:
+    paths = getattr(ds, "paths", None)
+    return str(paths[i]) if paths is not None else f"sample {i}"
+
+
+def stage_split(ds, path: Path, size: int | None, num_classes: int, stats: ChannelStats | None,
+                bar) -> StagingDataset:
+    """Decode every image of `ds` once into `path`; check one shape and valid labels."""
+    shape, labels = None, np.empty(len(ds), dtype=np.int64)
+    with open(path, "wb") as f:
+        for i in range(len(ds)):
+            img, label = ds[i]
+            if size is not None:
+                img = resize_to(img, size)
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise NormfastError(f"{describe(ds, i)}: image has shape {img.shape} {img.dtype}, expected HxWx3 uint8")
+            if shape is None:
+                shape = img.shape
+            elif img.shape != shape:
+                raise NormfastError(
+                    f"{describe(ds, i)}: image is {img.shape[1]}x{img.shape[0]}, expected "
+                    f"{shape[1]}x{shape[0]} like the first image; pass --size N to resize")
+            if not 0 <= label < num_classes:
+                raise NormfastError(f"{describe(ds, i)}: label {label} out of range 0..{num_classes - 1}")
+            labels[i] = label
+            f.write(np.ascontiguousarray(img).tobytes())
+            if stats is not None:
+                stats.add(img)
+            bar.update(1)
+    if shape is None:
+        raise NormfastError(f"{path.stem} split is empty")
+    return StagingDataset(path, shape, labels)
+
+
+def load_source(cfg: ConvertConfig) -> Source:
+    reader = sources.get(cfg.source)
+    if cfg.source == "synthetic":
+        n_train, n_test = (cfg.limit, max(1, cfg.limit // 5)) if cfg.limit else (5000, 1000)
+        return reader(None, train_count=n_train, test_count=n_test)
+    if cfg.src is None:
+        raise NormfastError(f"source {cfg.source!r} needs --src PATH (or --download)")
+    if cfg.download:
+        from converters.download import download
+        download(cfg.source, cfg.src)
+    if not cfg.src.is_dir():
+        raise NormfastError(f"{cfg.src}: source directory not found (pass --download to fetch it)")
+    return reader(cfg.src)
+
+
+def convert(cfg: ConvertConfig) -> dict:
+    """Run the conversion; returns the manifest. Raises NormfastError on bad input."""
+    fmts = parse_list(cfg.formats, formats)
+    if cfg.encoding not in ENCODINGS:
+        raise NormfastError(f"unknown encoding {cfg.encoding!r}; valid: {', '.join(ENCODINGS)}")
+    if not 1 <= cfg.quality <= 100:
+        raise NormfastError(f"--quality {cfg.quality}: must be 1..100")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise NormfastError(f"--limit {cfg.limit}: must be at least 1")
+    if cfg.size is not None and cfg.size < 8:
+        raise NormfastError(f"--size {cfg.size}: must be at least 8")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise NormfastError(f"{out}: already exists; pass --force to replace it")
+
+    source = load_source(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.perf_counter()
+    try:
+        manifest = _convert_into(source, cfg, fmts, tmp)
+        manifest["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path) -> dict:
+    num_classes = len(source.classes)
+    splits, stats, shape = {}, ChannelStats(), None
+    for split in ("train", "test"):
+        ds = limit(source.splits[split], cfg.limit)
+        with progress_bar(len(ds), f"{split}: decode", cfg.quiet) as bar:
+            staging = stage_split(ds, tmp / f".staging-{split}.u8", cfg.size, num_classes,
+                                  stats if split == "train" else None, bar)
+        if shape is None:
+            shape = staging.shape
+        elif staging.shape != shape:
+            raise NormfastError(f"test images are {staging.shape[1]}x{staging.shape[0]} but train images "
+                                f"are {shape[1]}x{shape[0]}; pass --size N to resize both")
+        counts = np.bincount(staging.labels, minlength=num_classes)
+        splits[split] = {"count": len(staging), "class_counts": counts.tolist()}
+        for fmt in fmts:
+            with progress_bar(len(staging), f"{split}: {fmt}", cfg.quiet) as bar:
+                info = formats.get(fmt)(staging, tmp / fmt, split, cfg.encoding, cfg.quality, bar)
+            splits[split].setdefault("formats", {})[fmt] = info
+        staging.path.unlink()
+    mean, std = stats.mean_std()
+    files = sorted(p for fmt in fmts for p in (tmp / fmt).rglob("*") if p.is_file())
+    return {
+        "name": source.name,
+        "source": cfg.source,
+        "classes": source.classes,
+        "num_classes": num_classes,
+        "image_shape": list(shape),
+        "splits": splits,
+        "stats": {"split": "train", "mean": mean, "std": std, "pixels": stats.n,
+                  "units": "[0,1]", "std_ddof": 0},
+        "encoding": cfg.encoding,
+        "jpeg_quality": cfg.quality if cfg.encoding == "jpg" else None,
+        "formats": {fmt: {"dir": fmt, "image_encoding": "raw" if fmt == "ffcv" and cfg.encoding == "png"
+                          else cfg.encoding} for fmt in fmts},
+        "files": [file_entry(tmp, p) for p in files],
+        "version": normfast.__version__,
+        "limit": cfg.limit,
+        "size": cfg.size,
+    }

@@ -1,0 +1,262 @@
+"""Readers of source datasets, in their on-disk formats as distributed.
+
+Every reader returns a `Source`: class names and, per split, an indexed dataset whose
+`[i]` is `(uint8 HxWx3 array, int label)`. Readers check layout and labels up front and
+raise NormfastError naming the file and what is wrong; images are decoded lazily.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from normfast.errors import NormfastError
+from normfast.registry import Registry
+
+sources: Registry[Callable[..., "Source"]] = Registry("source")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Source:
+    name: str
+    classes: list[str]
+    splits: dict = field(default_factory=dict)   # split name -> indexed dataset
+
+
+class ArrayDataset:
+    """Images already in memory (CIFAR, SVHN, synthetic): uint8 NHWC + labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+class FileDataset:
+    """Image files decoded on access with Pillow; grayscale/palette/RGBA become RGB."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int]):
+        self.paths, self.labels = list(paths), list(labels)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return decode_image_file(self.paths[i]), self.labels[i]
+
+
+def decode_image_file(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise NormfastError(f"{path}: corrupt or unreadable image ({e})") from None
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
+        raise NormfastError(
+            f"{where}: label {int(labels[bad])} at index {bad} is out of range 0..{num_classes - 1}")
+    return labels.astype(np.int64)
+
+
+def limit(ds, n: int | None):
+    """The first n samples of an indexed dataset (all when n is None)."""
+    if n is None or n >= len(ds):
+        return ds
+    if isinstance(ds, ArrayDataset):
+        return ArrayDataset(ds.images[:n], ds.labels[:n])
+    return FileDataset(ds.paths[:n], ds.labels[:n])
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise NormfastError(f"{path}: missing ({what})")
+    return path
+
+
+# ---------------------------------------------------------------- CIFAR10 / CIFAR100
+
+def _unpickle(path: Path) -> dict:
+    require(path, "CIFAR python batch")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise NormfastError(f"{path}: corrupt or truncated pickle ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise NormfastError(f"{path}: not a CIFAR batch (expected a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _cifar_batches(files: list[Path], label_key: str, num_classes: int) -> ArrayDataset:
+    images, labels = [], []
+    for path in files:
+        d = _unpickle(path)
+        if "data" not in d or label_key not in d:
+            raise NormfastError(f"{path}: missing key 'data' or {label_key!r}")
+        data = np.asarray(d["data"])
+        if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+            raise NormfastError(f"{path}: 'data' has shape {data.shape} {data.dtype}, expected (N, 3072) uint8")
+        lab = check_labels(np.asarray(d[label_key]), num_classes, str(path))
+        if len(lab) != len(data):
+            raise NormfastError(f"{path}: {len(data)} images but {len(lab)} labels")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(lab)
+    return ArrayDataset(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
+
+
+@sources.register("cifar10")
+def read_cifar10(src: Path) -> Source:
+    meta = _unpickle(src / "batches.meta")
+    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("label_names", [])]
+    if len(classes) != 10:
+        raise NormfastError(f"{src / 'batches.meta'}: expected 10 label_names, found {len(classes)}")
+    train = _cifar_batches([src / f"data_batch_{i}" for i in range(1, 6)], "labels", 10)
+    test = _cifar_batches([src / "test_batch"], "labels", 10)
+    return Source("cifar10", classes, {"train": train, "test": test})
+
+
+@sources.register("cifar100")
+def read_cifar100(src: Path) -> Source:
+    meta = _unpickle(src / "meta")
+    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("fine_label_names", [])]
+    if len(classes) != 100:
+        raise NormfastError(f"{src / 'meta'}: expected 100 fine_label_names, found {len(classes)}")
+    train = _cifar_batches([src / "train"], "fine_labels", 100)
+    test = _cifar_batches([src / "test"], "fine_labels", 100)
+    return Source("cifar100", classes, {"train": train, "test": test})
+
+
+# ---------------------------------------------------------------- SVHN
+
+def _svhn_mat(path: Path) -> ArrayDataset:
+    import scipy.io
+    require(path, "SVHN .mat file")
+    try:
+        d = scipy.io.loadmat(path)
+    except Exception as e:  # noqa: BLE001 - scipy raises many types for bad files
+        raise NormfastError(f"{path}: corrupt or truncated .mat file ({type(e).__name__})") from None
+    if "X" not in d or "y" not in d:
+        raise NormfastError(f"{path}: missing variable 'X' or 'y'")
+    x, y = np.asarray(d["X"]), np.asarray(d["y"]).reshape(-1).astype(np.int64)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
+        raise NormfastError(f"{path}: X has shape {x.shape} {x.dtype}, expected (32, 32, 3, N) uint8")
+    if len(y) != x.shape[3]:
+        raise NormfastError(f"{path}: {x.shape[3]} images but {len(y)} labels")
+    y = check_labels(y - 1, 10, str(path) + " (y must be 1..10)") + 1
+    y[y == 10] = 0   # SVHN stores digit 0 as label 10
+    return ArrayDataset(np.ascontiguousarray(x.transpose(3, 0, 1, 2)), y)
+
+
+@sources.register("svhn")
+def read_svhn(src: Path) -> Source:
+    return Source("svhn", [str(d) for d in range(10)],
+                  {"train": _svhn_mat(src / "train_32x32.mat"), "test": _svhn_mat(src / "test_32x32.mat")})
+
+
+# ---------------------------------------------------------------- Tiny ImageNet-200
+
+def _images_in(folder: Path) -> list[Path]:
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise NormfastError(f"{p}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        files.append(p)
+    return files
+
+
+@sources.register("tiny-imagenet-200")
+def read_tiny_imagenet(src: Path) -> Source:
+    wnids = [w.strip() for w in require(src / "wnids.txt", "class list").read_text().splitlines() if w.strip()]
+    if not wnids:
+        raise NormfastError(f"{src / 'wnids.txt'}: empty class list")
+    index = {w: i for i, w in enumerate(wnids)}
+    paths, labels = [], []
+    for w in wnids:
+        folder = require(src / "train" / w / "images", f"train images of class {w}")
+        files = _images_in(folder)
+        if not files:
+            raise NormfastError(f"{folder}: empty class folder")
+        paths += files
+        labels += [index[w]] * len(files)
+    train = FileDataset(paths, labels)
+
+    ann = require(src / "val" / "val_annotations.txt", "val labels")
+    img_dir = require(src / "val" / "images", "val images")
+    listed = {}
+    for n, line in enumerate(ann.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise NormfastError(f"{ann}:{n}: expected 'file<TAB>wnid...', got {line!r}")
+        if parts[1] not in index:
+            raise NormfastError(f"{ann}:{n}: unknown class {parts[1]!r} (not in wnids.txt)")
+        listed[parts[0]] = index[parts[1]]
+    present = {p.name: p for p in _images_in(img_dir)}
+    missing = sorted(set(listed) - set(present))
+    if missing:
+        raise NormfastError(f"{img_dir / missing[0]}: listed in val_annotations.txt but missing")
+    unlisted = sorted(set(present) - set(listed))
+    if unlisted:
+        raise NormfastError(f"{present[unlisted[0]]}: image has no label in val_annotations.txt")
+    names = sorted(listed)
+    test = FileDataset([present[n] for n in names], [listed[n] for n in names])
+    return Source("tiny-imagenet-200", wnids, {"train": train, "test": test})
+
+
+# ---------------------------------------------------------------- ImageFolder
+
+@sources.register("imagefolder")
+def read_imagefolder(src: Path) -> Source:
+    train_dir = require(src / "train", "ImageFolder layout needs train/<class>/ and test/<class>/")
+    test_dir = src / "test" if (src / "test").is_dir() else src / "val"
+    require(test_dir, "ImageFolder layout needs test/<class>/ (or val/<class>/)")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise NormfastError(f"{train_dir}: no class folders")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, root in (("train", train_dir), ("test", test_dir)):
+        paths, labels = [], []
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if not entry.is_dir():
+                raise NormfastError(f"{entry}: expected only class folders in {root}")
+            if entry.name not in index:
+                raise NormfastError(f"{entry}: class {entry.name!r} is not among the train classes")
+            files = _images_in(entry)
+            if not files:
+                raise NormfastError(f"{entry}: empty class folder")
+            paths += files
+            labels += [index[entry.name]] * len(files)
+        splits[split] = FileDataset(paths, labels)
+    return Source(src.name or "imagefolder", classes, splits)
+
+
+# ---------------------------------------------------------------- synthetic demo
+
+@sources.register("synthetic")
+def read_synthetic(src: Path | None = None, train_count: int = 5000, test_count: int = 1000,
+                   seed: int = 0) -> Source:
+    from converters.synthetic import make_split, CLASSES
+    return Source("synthetic", list(CLASSES), {
+        "train": ArrayDataset(*make_split(train_count, seed=seed * 2 + 1)),
+        "test": ArrayDataset(*make_split(test_count, seed=seed * 2 + 2))})

@@ -1,0 +1,3 @@
+from normfast.cli import main
+
+main()

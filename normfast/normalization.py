@@ -1,0 +1,121 @@
+"""The one specification of the four normalization settings, and its implementations.
+
+Settings (x is the augmented image as float in [0, 1]):
+  finetune  (x - mean_dataset) / std_dataset, per channel (train-split statistics)
+  pretrain  (x - mean_ImageNet) / std_ImageNet
+  instance  per image and channel: (x - mean_HW) / std_HW, std with N-1 like torch.std;
+            a channel with std <= INSTANCE_EPS (a constant channel) gives zeros
+  minmax    x itself (pixel / 255), the seed's ToTensor() alone
+
+Three settings are per-channel affine maps of the uint8 pixel p:  y = p * scale + shift.
+Every backend uses `NormSpec` for its constants (DALI's crop_mirror_normalize takes
+`pixel_mean`/`pixel_std` in 0..255 units, the torch op takes scale/shift), and every
+backend is tested against `reference_normalize`, a float64 NumPy implementation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from normfast.configs import IMAGENET_MEAN, IMAGENET_STD, reference_stats
+from normfast.errors import NormfastError
+from normfast.registry import Registry
+
+SETTINGS = ("finetune", "pretrain", "instance", "minmax")
+INSTANCE_EPS = 1e-6   # [0,1] units; the smallest non-zero std of a uint8 channel is ~1e-4
+PAD = 4               # seed: Pad(4) with value 0, then RandomCrop(native size)
+
+settings = Registry("normalization setting")
+for _name in SETTINGS:
+    settings.register(_name)(_name)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """A resolved normalization: the setting and, for affine settings, mean/std in [0,1]."""
+    setting: str
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    source: str = ""      # where mean/std came from ("manifest", "reference", "imagenet", ...)
+
+    @property
+    def per_image(self) -> bool:
+        return self.setting == "instance"
+
+    def pixel_mean_std(self) -> tuple[list[float], list[float]]:
+        """mean/std in 0..255 pixel units (what DALI and FFCV ops take)."""
+        return [m * 255.0 for m in self.mean], [s * 255.0 for s in self.std]
+
+    def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        """y = p * scale + shift for a uint8 pixel p (affine settings only)."""
+        std = np.asarray(self.std, dtype=np.float64)
+        return 1.0 / (255.0 * std), -np.asarray(self.mean, dtype=np.float64) / std
+
+
+def resolve_norm(setting: str, manifest: dict | None = None, stats: str = "manifest") -> NormSpec:
+    """Turn a setting name into a NormSpec.
+
+    `finetune` takes the train-split statistics from the manifest (`stats="manifest"`) or
+    the seed's published values for the dataset (`stats="reference"`).
+    """
+    settings.get(setting)
+    if setting == "pretrain":
+        return NormSpec(setting, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+    if setting in ("minmax", "instance"):
+        return NormSpec(setting, source="none")
+    if stats not in ("manifest", "reference"):
+        raise NormfastError(f"unknown stats source {stats!r}; valid: manifest, reference")
+    if manifest is None:
+        raise NormfastError("finetune normalization needs the dataset's manifest.json")
+    if stats == "reference":
+        ref = reference_stats(manifest["name"])
+        if ref is None:
+            raise NormfastError(
+                f"no published reference statistics for dataset {manifest['name']!r}; "
+                "use --stats manifest")
+        return NormSpec(setting, tuple(ref[0]), tuple(ref[1]), "reference")
+    mean, std = manifest["stats"]["mean"], manifest["stats"]["std"]
+    if min(std) <= 0:
+        raise NormfastError(f"dataset {manifest['name']!r}: a channel has zero std in manifest")
+    return NormSpec(setting, tuple(mean), tuple(std), "manifest")
+
+
+# ---------------------------------------------------------------- NumPy reference (float64)
+
+def reference_augment(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Pad PAD zeros, crop at (dy, dx) in 0..2*PAD, flip horizontally where flips is true.
+
+    images: uint8 NHWC; offsets: int (N, 2) as (dy, dx); flips: bool (N,). Returns uint8 NHWC.
+    """
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    out = np.empty_like(images)
+    for i in range(n):
+        dy, dx = int(offsets[i, 0]), int(offsets[i, 1])
+        crop = padded[i, dy:dy + h, dx:dx + w]
+        out[i] = crop[:, ::-1] if flips[i] else crop
+    return out
+
+
+def reference_normalize(images: np.ndarray, spec: NormSpec) -> np.ndarray:
+    """uint8 NHWC -> float64 NCHW, normalized as `spec` says."""
+    x = images.astype(np.float64).transpose(0, 3, 1, 2) / 255.0
+    if spec.per_image:
+        mean = x.mean(axis=(2, 3), keepdims=True)
+        std = x.std(axis=(2, 3), ddof=1, keepdims=True)
+        inv = np.where(std > INSTANCE_EPS, 1.0 / np.maximum(std, INSTANCE_EPS), 0.0)
+        return (x - mean) * inv
+    mean = np.asarray(spec.mean, dtype=np.float64).reshape(1, 3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float64).reshape(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def dtype_tolerance(dtype_name: str) -> tuple[float, float]:
+    """(rtol, atol) a backend's output must meet against the float64 reference.
+
+    float32: 1e-5 absolute. fp16/bf16: the rounding of the final cast, half a unit in the
+    last place, i.e. 2**-11 (fp16) and 2**-8 (bf16) relative, plus 1e-5 absolute.
+    """
+    return {"float32": (0.0, 1e-5), "float16": (2.0 ** -11, 1e-5),
+            "bfloat16": (2.0 ** -8, 1e-5)}[dtype_name]

@@ -1,0 +1,83 @@
+"""`normfast stats`: the seed's Table 1 for one converted dataset.
+
+The train split's per-channel mean/std (computed at conversion, exact) beside the seed's
+published values, and the mean/std of the train split after each normalization setting.
+The affine settings follow from the train statistics exactly; `instance` is measured by
+streaming the split through the reference normalization (bounded memory).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from normfast.configs import reference_stats
+from normfast.manifest import load_manifest
+from normfast.normalization import SETTINGS, reference_normalize, resolve_norm
+
+
+def after_normalization(data_dir: Path, manifest: dict, batch_size: int = 1024) -> dict:
+    mean = np.asarray(manifest["stats"]["mean"])
+    std = np.asarray(manifest["stats"]["std"])
+    out = {}
+    for setting in SETTINGS:
+        spec = resolve_norm(setting, manifest)
+        if spec.per_image:
+            out[setting] = _streamed_stats(data_dir, manifest, spec, batch_size)
+        else:
+            m, s = np.asarray(spec.mean), np.asarray(spec.std)
+            out[setting] = {"mean": ((mean - m) / s).tolist(), "std": (std / s).tolist()}
+    return out
+
+
+def _streamed_stats(data_dir: Path, manifest: dict, spec, batch_size: int) -> dict:
+    from normfast.readback import iter_split
+    n, s1, s2 = 0, np.zeros(3), np.zeros(3)
+    for images, _ in iter_split(data_dir, manifest, "train", batch_size):
+        y = reference_normalize(images, spec)             # float64 NCHW
+        n += y.shape[0] * y.shape[2] * y.shape[3]
+        s1 += y.sum(axis=(0, 2, 3))
+        s2 += np.square(y).sum(axis=(0, 2, 3))
+    m = s1 / n
+    return {"mean": m.tolist(), "std": np.sqrt(np.maximum(s2 / n - m * m, 0)).tolist()}
+
+
+def table1(data_dir: str | Path) -> dict:
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    ref = reference_stats(manifest["name"])
+    return {
+        "dataset": manifest["name"],
+        "train_count": manifest["splits"]["train"]["count"],
+        "test_count": manifest["splits"]["test"]["count"],
+        "classes": len(manifest["classes"]),
+        "image_shape": manifest["image_shape"],
+        "computed": {"mean": manifest["stats"]["mean"], "std": manifest["stats"]["std"]},
+        "reference": None if ref is None else {"mean": list(ref[0]), "std": list(ref[1])},
+        "after": after_normalization(data_dir, manifest),
+    }
+
+
+def fmt3(values) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def format_table1(t: dict) -> str:
+    h, w, _ = t["image_shape"]
+    lines = [f"Table 1 — {t['dataset']}: {t['train_count']:,} train / {t['test_count']:,} test images, "
+             f"{t['classes']} classes, {h}x{w}x3",
+             "",
+             "| statistics of the train split | mean (R, G, B) | std (R, G, B) |",
+             "|---|---|---|",
+             f"| computed by normfast | {fmt3(t['computed']['mean'])} | {fmt3(t['computed']['std'])} |"]
+    if t["reference"]:
+        d_mean = np.subtract(t["computed"]["mean"], t["reference"]["mean"])
+        d_std = np.subtract(t["computed"]["std"], t["reference"]["std"])
+        lines += [f"| seed's reference (stats.py) | {fmt3(t['reference']['mean'])} | {fmt3(t['reference']['std'])} |",
+                  f"| difference | {fmt3(d_mean)} | {fmt3(d_std)} |"]
+    else:
+        lines.append("| seed's reference (stats.py) | — | — |")
+    lines += ["", "| after normalization | mean (R, G, B) | std (R, G, B) |", "|---|---|---|"]
+    for setting, v in t["after"].items():
+        lines.append(f"| {setting} | {fmt3(v['mean'])} | {fmt3(v['std'])} |")
+    return "\n".join(lines)
