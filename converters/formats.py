@@ -79,8 +79,10 @@ class ShardWriter:
     def _add(self, member: str, data: bytes) -> tuple[int, int]:
         info = tarfile.TarInfo(member)
         info.size, info.mode, info.mtime = len(data), 0o644, 0
+        # addfile() stores a copy of `info`, so compute where the data lands: after the header.
+        data_offset = self.tar.offset + len(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
         self.tar.addfile(info, io.BytesIO(data))
-        return info.offset_data, len(data)
+        return data_offset, len(data)
 
     def write(self, img: np.ndarray, label: int) -> None:
         if self.tar is None or len(self.entries) == self.shard_samples:

@@ -33,17 +33,30 @@ def random_crop_flip_params(n: int, generator: torch.Generator, device) -> tuple
 
 
 def pad_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> uint8 NHWC: zero-pad PAD, crop at offsets, flip where flips."""
+    """uint8 NHWC -> uint8 NHWC: zero-pad PAD, crop at offsets (dy, dx), flip where flips.
+
+    The 81 possible crops are strided views of the padded batch (unfold), so the crop is
+    one gather of the chosen view per image; the flip is a select between two views.
+    """
     n, h, w, c = x.shape
     padded = x.new_zeros((n, h + 2 * PAD, w + 2 * PAD, c))
     padded[:, PAD:PAD + h, PAD:PAD + w] = x
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
-    rows = offsets[:, 0, None] + ar_h                           # (N, H)
-    cols = torch.where(flips[:, None], offsets[:, 1, None] + (w - 1) - ar_w,
-                       offsets[:, 1, None] + ar_w)              # (N, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]]     # (N, H, W, C)
+    windows = padded.unfold(1, h, 1).unfold(2, w, 1)          # (N, 9, 9, C, H, W) view
+    crops = windows[torch.arange(n, device=x.device), offsets[:, 0], offsets[:, 1]]
+    crops = crops.permute(0, 2, 3, 1)                          # (N, H, W, C)
+    return torch.where(flips[:, None, None, None], crops.flip(2), crops)
+
+
+def instance_normalize(x: torch.Tensor, dims) -> torch.Tensor:
+    """(x - mean) / std over `dims` (std with N-1); a constant channel gives zeros."""
+    mean = x.mean(dim=dims, keepdim=True)
+    centred = x - mean
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    std = centred.square().sum(dim=dims, keepdim=True).div(n - 1).sqrt()
+    inv = torch.where(std > INSTANCE_EPS, 1.0 / std.clamp_min(INSTANCE_EPS), torch.zeros_like(std))
+    return centred * inv
 
 
 class Normalizer:
@@ -58,14 +71,7 @@ class Normalizer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> dtype NCHW (channels-last memory)."""
         if self.spec.per_image:
-            xf = x.to(torch.float32) / 255.0
-            mean = xf.mean(dim=(1, 2), keepdim=True)
-            centred = xf - mean
-            std = centred.square().sum(dim=(1, 2), keepdim=True).div(
-                x.shape[1] * x.shape[2] - 1).sqrt()
-            inv = torch.where(std > INSTANCE_EPS, 1.0 / std.clamp_min(INSTANCE_EPS),
-                              torch.zeros_like(std))
-            y = centred * inv
+            y = instance_normalize(x.to(torch.float32) / 255.0, dims=(1, 2))
         else:
             y = torch.addcmul(self.shift, x.to(torch.float32), self.scale)
         return y.to(self.dtype).permute(0, 3, 1, 2)

@@ -1,0 +1,153 @@
+"""Backends that turn a converted split into device batches, all with one contract.
+
+`build_loader(...)` returns an iterable with `len()`; each pass over it is one epoch and
+yields `(images, labels)`: images NCHW in channels-last memory on `device` in `dtype`,
+already augmented (train) and normalized; labels int64 on `device`.
+
+Order: with `shuffle` off, stored order. With it on, epoch e's order is a function of
+(seed, e) only, so a resumed run sees the same batches as an uninterrupted one; call
+`set_epoch(e)` to jump. `rank`/`world_size` split every epoch into disjoint shards that
+together cover the split (contiguous blocks of the epoch's order, sizes differing by at
+most one sample: no padding, no duplicates).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from normfast.errors import NormfastError
+from normfast.manifest import load_manifest
+from normfast.normalization import NormSpec, resolve_norm
+from normfast.ops import resolve_dtype
+from normfast.registry import Registry
+
+BACKENDS = {   # name -> (module, the package it needs, how to install it)
+    "dali": ("normfast.loaders.dali_backend", "nvidia.dali", "pip install nvidia-dali-cuda120"),
+    "ffcv": ("normfast.loaders.ffcv_backend", "ffcv", "bash setup.sh (FFCV builds from source)"),
+    "resident": ("normfast.loaders.resident", None, None),
+    "torch": ("normfast.loaders.torch_backend", None, None),
+}
+backends: Registry = Registry("backend")
+for _name in BACKENDS:
+    backends.register(_name)(_name)
+
+
+@dataclass
+class LoaderConfig:
+    """Everything a backend needs, resolved and checked once."""
+    data_dir: Path
+    manifest: dict
+    split: str
+    batch_size: int
+    spec: NormSpec
+    augment: bool
+    device: torch.device
+    dtype: torch.dtype
+    seed: int = 0
+    shuffle: bool = False
+    drop_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 2
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return self.manifest["splits"][self.split]["count"]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["image_shape"])
+
+
+def resolve_device(device) -> torch.device:
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NormfastError("device cuda requested but no CUDA GPU is available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise NormfastError(f"unknown device {str(device)!r}; valid: cpu, cuda")
+    return dev
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous block; sizes differ by at most one."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """The sample indices this rank visits in `epoch`, in order."""
+    order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
+             else np.arange(n))
+    start, stop = shard_bounds(n, rank, world_size)
+    return order[start:stop]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A seed for an epoch's augmentation randomness (independent of how we got there)."""
+    return int(np.random.default_rng([seed, epoch, rank, 7919]).integers(2 ** 62))
+
+
+def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augment: bool,
+                 device=None, dtype="float32", seed: int = 0, shuffle: bool = False,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 stats: str = "manifest", num_workers: int = 2, **extra):
+    """Build a backend's loader for one split. See the module docstring for the contract."""
+    backends.get(backend)
+    manifest = load_manifest(data_dir)
+    if split not in manifest["splits"]:
+        raise NormfastError(f"{data_dir}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
+    if batch_size < 1:
+        raise NormfastError(f"batch size {batch_size}: must be at least 1")
+    if not 0 <= rank < world_size:
+        raise NormfastError(f"rank {rank} is not in 0..{world_size - 1}")
+    spec = norm if isinstance(norm, NormSpec) else resolve_norm(norm, manifest, stats)
+    cfg = LoaderConfig(Path(data_dir), manifest, split, batch_size, spec, augment,
+                       resolve_device(device), resolve_dtype(dtype), seed, shuffle, drop_last,
+                       rank, world_size, num_workers, extra)
+    module, package, install = BACKENDS[backend]
+    if package is not None:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise NormfastError(f"backend {backend!r} needs the {package} package; install it with: "
+                                f"{install}") from None
+    return importlib.import_module(module).make_loader(cfg)
+
+
+class EpochLoader:
+    """Base for backends: `len()`, epoch counting, `set_epoch`."""
+
+    def __init__(self, cfg: LoaderConfig):
+        self.cfg = cfg
+        self.epoch = 0
+        start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
+        self.shard_count = stop - start
+
+    def __len__(self) -> int:
+        return num_batches(self.shard_count, self.cfg.batch_size, self.cfg.drop_last)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples yielded per epoch on this rank."""
+        return len(self) * self.cfg.batch_size if self.cfg.drop_last else self.shard_count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        return self.iter_epoch(epoch)
+
+    def iter_epoch(self, epoch: int):
+        raise NotImplementedError

@@ -1,0 +1,197 @@
+"""The `dali` backend: NVIDIA DALI reads the webdataset shards, decodes, augments, normalizes.
+
+One DALI pipeline per epoch, seeded with `epoch_seed(seed, epoch, rank)`, so an epoch's
+order and augmentation depend only on (seed, epoch) and `set_epoch` can jump anywhere.
+The graph, per sample (HWC throughout):
+
+  readers.webdataset -> reshape (raw) | decoders.image (png/jpg; "mixed" on CUDA)
+    [.gpu() on CUDA: everything below runs as GPU ops]
+  augment: slice(start=offset-PAD, shape=HxW, pad with 0)   offset uniform in 0..2*PAD
+           mirror = coin_flip(0.5)
+  affine settings: crop_mirror_normalize(mirror, mean/std in pixel units) -> float32/16
+  instance:        crop_mirror_normalize(mirror) -> float32 pixels, then
+                   normalize(axes=HW, ddof=1, epsilon=0) (a constant channel gives 0)
+
+Outputs are NHWC; `permute(0, 3, 1, 2)` makes them NCHW in channels-last memory at no
+cost. bfloat16 (which DALI lacks) is produced as float32 and cast in torch.
+
+Epochs: the reader pads its last batch (`pad_last_batch`; without it later shuffled
+epochs repeat/miss samples) and we trim, so every epoch visits each sample of this rank's
+shard exactly once. Shuffling draws from a buffer as large as the shard (`initial_fill`),
+i.e. a full permutation of the shard. DALI's sharding: rank r reads the contiguous stored
+block [n*r//w, n*(r+1)//w), the same block every epoch (shuffled within).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvidia.dali import Pipeline, fn, types
+
+from normfast.errors import NormfastError
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_seed, num_batches
+from normfast.manifest import require_format
+from normfast.normalization import PAD
+
+EXTENSIONS = {"raw": "raw", "png": "png", "jpg": "jpg"}
+
+
+def dali_shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of the stored samples DALI's reader gives shard `rank` (its formula)."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[str], list[str], str]:
+    """(tar paths, index paths, image encoding) of a split's webdataset shards."""
+    root = Path(data_dir)
+    require_format(manifest, root, "dali")
+    if split not in manifest["splits"]:
+        raise NormfastError(f"{root}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
+    info = manifest["splits"][split].get("formats", {}).get("dali")
+    if info is None:
+        raise NormfastError(f"{root}: split {split!r} has no dali shards in manifest.json")
+    encoding = manifest["formats"]["dali"]["image_encoding"]
+    if encoding not in EXTENSIONS:
+        raise NormfastError(f"{root}: unknown dali image encoding {encoding!r}; valid: raw, png, jpg")
+    paths = [str(root / "dali" / s) for s in info["shards"]]
+    indexes = [str(root / "dali" / s) for s in info["indexes"]]
+    for p in paths + indexes:
+        if not Path(p).is_file():
+            raise NormfastError(f"{p}: missing (listed in manifest.json); re-run `normfast convert`")
+    return paths, indexes, encoding
+
+
+def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, seed: int,
+                   num_threads: int, device_id, shuffle: bool, shard_size: int, rank: int = 0,
+                   world_size: int = 1, augment: bool = False, norm=None,
+                   out_dtype=types.FLOAT) -> Pipeline:
+    """A built pipeline with outputs (images NHWC, labels (N, 1) int64).
+
+    `norm`: None for uint8 pixels, else the NormSpec to apply. `device_id` None keeps every
+    op on the CPU; an int puts decoding/augmentation/normalization on that GPU.
+    """
+    h, w, c = shape
+    gpu = device_id is not None
+    pipe = Pipeline(batch_size=batch_size, num_threads=max(1, num_threads), device_id=device_id,
+                    seed=seed, prefetch_queue_depth=2)
+    with pipe:
+        reader_args = dict(random_shuffle=True, initial_fill=max(1, shard_size)) if shuffle else {}
+        data, labels = fn.readers.webdataset(
+            paths=paths, index_paths=indexes, ext=[EXTENSIONS[encoding], "cls"],
+            dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
+            name="Reader", pad_last_batch=True, shard_id=rank, num_shards=world_size,
+            **reader_args)
+        if encoding == "raw":
+            img = fn.reshape(data, shape=[h, w, c], layout="HWC")
+            if gpu:
+                img = img.gpu()
+        else:
+            img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        if gpu:
+            labels = labels.gpu()
+        mirror = 0
+        if augment:
+            offset = fn.random.uniform(values=list(range(2 * PAD + 1)), shape=[2], dtype=types.INT32)
+            img = fn.slice(img, start=offset - PAD, shape=[h, w], axis_names="HW",
+                           out_of_bounds_policy="pad", fill_values=0)
+            mirror = fn.random.coin_flip(probability=0.5)
+        if norm is not None:
+            if norm.per_image:
+                # stats on 0..255 floats: integer sums are exact, so a constant channel has
+                # exactly zero variance (-> 0 output); the scale cancels out of (x-m)/s.
+                img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.FLOAT, output_layout="HWC")
+                img = fn.normalize(img, axes=[0, 1], ddof=1, epsilon=0.0)
+                if out_dtype != types.FLOAT:
+                    img = fn.cast(img, dtype=out_dtype)
+            else:
+                mean, std = norm.pixel_mean_std()
+                img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=out_dtype, output_layout="HWC",
+                                               mean=mean, std=std)
+        elif augment:
+            img = fn.flip(img, horizontal=mirror)
+        pipe.set_outputs(img, labels)
+    pipe.build()
+    return pipe
+
+
+def check_size(pipe: Pipeline, count: int, data_dir, split: str) -> None:
+    n = pipe.reader_meta("Reader")["epoch_size"]   # epoch_size() counts the padding
+    if n != count:
+        raise NormfastError(f"{data_dir}: DALI reads {n} {split} samples, manifest.json says {count}")
+
+
+def _to_torch(tensor_list, device: torch.device, zero_copy: bool) -> torch.Tensor:
+    t = tensor_list.as_tensor()
+    with device:
+        out = torch.from_dlpack(t)
+    # The dynamic executor (DALI's default) hands out buffers it never reuses, so a view is
+    # safe to keep; the classic executor recycles them on the next run().
+    return out if zero_copy else out.clone()
+
+
+def run_epoch(pipe: Pipeline, count: int, batch_size: int, drop_last: bool, device: torch.device):
+    """Yield this epoch's (images NHWC, labels (N,)) torch batches, the last one trimmed."""
+    zero_copy = bool(pipe.exec_dynamic)
+    for b in range(num_batches(count, batch_size, drop_last)):
+        images, labels = pipe.run()
+        k = min(batch_size, count - b * batch_size)
+        x = _to_torch(images, device, zero_copy)
+        y = _to_torch(labels, device, zero_copy).reshape(-1)
+        yield x[:k], y[:k]
+
+
+DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16,
+               torch.bfloat16: types.FLOAT}   # DALI has no bfloat16: cast in torch
+
+
+class DaliLoader(EpochLoader):
+    def __init__(self, cfg: LoaderConfig):
+        super().__init__(cfg)
+        self.paths, self.indexes, self.encoding = shard_files(cfg.data_dir, cfg.manifest, cfg.split)
+        start, stop = dali_shard_bounds(cfg.count, cfg.rank, cfg.world_size)
+        self.shard_count = stop - start     # DALI's block sizes, not shard_bounds'
+        self.device = cfg.device
+        if cfg.device.type == "cuda":
+            self.device_id = cfg.device.index if cfg.device.index is not None else torch.cuda.current_device()
+            self.device = torch.device("cuda", self.device_id)
+        else:
+            self.device_id = None
+        self.dali_dtype = DALI_DTYPES[cfg.dtype]
+
+    def pipeline(self, epoch: int) -> Pipeline:
+        cfg = self.cfg
+        return build_pipeline(
+            self.paths, self.indexes, self.encoding, cfg.image_shape, cfg.batch_size,
+            seed=epoch_seed(cfg.seed, epoch, cfg.rank) % 2 ** 31, num_threads=cfg.num_workers,
+            device_id=self.device_id, shuffle=cfg.shuffle, shard_size=self.shard_count,
+            rank=cfg.rank, world_size=cfg.world_size, augment=cfg.augment, norm=cfg.spec,
+            out_dtype=self.dali_dtype)
+
+    def iter_epoch(self, epoch: int):
+        cfg = self.cfg
+        if len(self) == 0:
+            return
+        pipe = self.pipeline(epoch)
+        check_size(pipe, cfg.count, cfg.data_dir, cfg.split)
+        for x, y in run_epoch(pipe, self.shard_count, cfg.batch_size, cfg.drop_last, self.device):
+            if x.dtype != cfg.dtype:
+                x = x.to(cfg.dtype)
+            yield x.permute(0, 3, 1, 2), y
+
+
+def make_loader(cfg: LoaderConfig) -> DaliLoader:
+    return DaliLoader(cfg)
+
+
+def dali_uint8_batches(data_dir, manifest: dict, split: str, batch_size: int, num_threads: int = 2):
+    """A split read back through DALI on the CPU, in stored order, without augmentation or
+    normalization: yields (uint8 NHWC numpy, int64 labels numpy) batches (used by verify)."""
+    paths, indexes, encoding = shard_files(data_dir, manifest, split)
+    count = manifest["splits"][split]["count"]
+    pipe = build_pipeline(paths, indexes, encoding, tuple(manifest["image_shape"]), batch_size,
+                          seed=0, num_threads=num_threads, device_id=None, shuffle=False,
+                          shard_size=count)
+    check_size(pipe, count, data_dir, split)
+    for x, y in run_epoch(pipe, count, batch_size, False, torch.device("cpu")):
+        yield x.numpy().copy(), y.numpy().copy()
