@@ -98,5 +98,53 @@ def verify(data_dir, samples):
     click.echo("ok")
 
 
+def _train_options(f):
+    opts = [
+        click.option("--data", help="Converted dataset directory (from `normfast convert`)."),
+        click.option("--model", help="resnet18 | resnet50 | densenet121 | densenet161 (default resnet18)."),
+        click.option("--norm", help="finetune | pretrain | instance | minmax (default finetune)."),
+        click.option("--backend", help="dali | ffcv | resident | torch (default resident)."),
+        click.option("--stats", help="finetune statistics: manifest (computed at conversion) or reference (the seed's)."),
+        click.option("--pretrained", help="imagenet (torchvision weights) | none | PATH to a state dict (default none)."),
+        click.option("--epochs", type=int, help="Epochs (seed: 100)."),
+        click.option("--batch-size", type=int, help="Train batch size (seed: 256)."),
+        click.option("--test-batch-size", type=int, help="Test batch size (seed: 256)."),
+        click.option("--lr", type=float, help="Adam learning rate (seed: 0.001)."),
+        click.option("--scheduler", help="cosine (annealed over the epochs, the seed's) | none."),
+        click.option("--seed", type=int, help="Random seed (seed: 223)."),
+        click.option("--amp", help="auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with a grad scaler) | off."),
+        click.option("--compile", help="none | default (torch.compile) | cudagraphs (CUDA only)."),
+        click.option("--device", help="auto | cuda | cpu (default: cuda when present)."),
+        click.option("--num-workers", type=int, help="Loader worker threads/processes (default 2)."),
+        click.option("--runs", help="Root of run directories (default ./runs)."),
+        click.option("--run-name", help="Run directory name (default <model>-<norm>-<backend>)."),
+        click.option("--resume", is_flag=True, default=None, help="Continue from last.pt."),
+        click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bars or epoch lines."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of train options.")
+@_train_options
+def train(config_file, **options):
+    """Fine-tune one backbone on one converted dataset with one normalization setting.
+
+    Defaults are the seed's (configs/defaults.yaml): Adam lr 0.001, cosine schedule, batch
+    256, 100 epochs, seed 223. Writes RUNS/<dataset>/<model>-<norm>-<backend>/ with
+    config.yaml, metrics.jsonl (one line per epoch, with images/s and data-wait), best_results.json,
+    best.pt and last.pt. Under `torchrun --nproc_per_node=N -m normfast train ...` it trains with DDP.
+    """
+    from normfast.config import resolve_train_config
+    from normfast.train import train as run
+    cfg = resolve_train_config(config_file, **options)
+    best = run(cfg)
+    if not cfg.quiet:
+        click.echo(f"best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
+                   f"run directory {cfg.run_dir(__import__('normfast.manifest', fromlist=['x']).load_manifest(cfg.data)['name'])}")
+
+
 if __name__ == "__main__":
     main()

@@ -2,6 +2,9 @@
 
 One DALI pipeline per epoch, seeded with `epoch_seed(seed, epoch, rank)`, so an epoch's
 order and augmentation depend only on (seed, epoch) and `set_epoch` can jump anywhere.
+Building one costs ~0.1 s and filling a full shuffle buffer ~16 us per sample (0.8 s for
+50k), so once epoch e has produced its first batch, epoch e+1's pipeline is built and
+started (`lookahead`); a jump elsewhere just discards it.
 The graph, per sample (HWC throughout):
 
   readers.webdataset -> reshape (raw) | decoders.image (png/jpg; "mixed" on CUDA)
@@ -15,17 +18,18 @@ The graph, per sample (HWC throughout):
 Outputs are NHWC; `permute(0, 3, 1, 2)` makes them NCHW in channels-last memory at no
 cost. bfloat16 (which DALI lacks) is produced as float32 and cast in torch.
 
-Epochs: the reader pads its last batch (`pad_last_batch`; without it later shuffled
-epochs repeat/miss samples) and we trim, so every epoch visits each sample of this rank's
-shard exactly once. Shuffling draws from a buffer as large as the shard (`initial_fill`),
-i.e. a full permutation of the shard. DALI's sharding: rank r reads the contiguous stored
-block [n*r//w, n*(r+1)//w), the same block every epoch (shuffled within).
+Epochs: the reader pads its last batch (`pad_last_batch`: a pipeline that runs several
+shuffled epochs repeats/misses samples without it; ours run one each) and we trim, so
+every epoch visits each sample of this rank's shard exactly once. Shuffling draws from a
+buffer as large as the shard (`initial_fill`), i.e. a full permutation of the shard.
+DALI's sharding: rank r reads the contiguous stored block [n*r//w, n*(r+1)//w), the same
+block every epoch (shuffled within); sizes differ by at most one, like `shard_bounds`, but
+the larger blocks come last, so `shard_count` is DALI's.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from nvidia.dali import Pipeline, fn, types
 
@@ -35,6 +39,7 @@ from normfast.manifest import require_format
 from normfast.normalization import PAD
 
 EXTENSIONS = {"raw": "raw", "png": "png", "jpg": "jpg"}
+PREFETCH = 2      # pipeline iterations in flight
 
 
 def dali_shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -74,7 +79,7 @@ def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, see
     h, w, c = shape
     gpu = device_id is not None
     pipe = Pipeline(batch_size=batch_size, num_threads=max(1, num_threads), device_id=device_id,
-                    seed=seed, prefetch_queue_depth=2)
+                    seed=seed, prefetch_queue_depth=PREFETCH)
     with pipe:
         reader_args = dict(random_shuffle=True, initial_fill=max(1, shard_size)) if shuffle else {}
         data, labels = fn.readers.webdataset(
@@ -98,8 +103,9 @@ def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, see
             mirror = fn.random.coin_flip(probability=0.5)
         if norm is not None:
             if norm.per_image:
-                # stats on 0..255 floats: integer sums are exact, so a constant channel has
-                # exactly zero variance (-> 0 output); the scale cancels out of (x-m)/s.
+                # stats on 0..255 floats (the scale cancels out of (x-m)/s): sums of integer
+                # pixels are exact in float32 up to 2**24 (HW <= 65k), so a constant channel
+                # has exactly zero variance, and DALI outputs 0 for it (epsilon=0).
                 img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.FLOAT, output_layout="HWC")
                 img = fn.normalize(img, axes=[0, 1], ddof=1, epsilon=0.0)
                 if out_dtype != types.FLOAT:
@@ -130,11 +136,24 @@ def _to_torch(tensor_list, device: torch.device, zero_copy: bool) -> torch.Tenso
     return out if zero_copy else out.clone()
 
 
+def start(pipe: Pipeline) -> Pipeline:
+    """Schedule the first iterations: the reader starts reading (and filling its shuffle
+    buffer) in DALI's threads while the caller goes on."""
+    pipe.schedule_run()
+    return pipe
+
+
 def run_epoch(pipe: Pipeline, count: int, batch_size: int, drop_last: bool, device: torch.device):
-    """Yield this epoch's (images NHWC, labels (N,)) torch batches, the last one trimmed."""
+    """Yield one epoch of a started pipeline as (images NHWC, labels (N,)) torch batches, the
+    last one trimmed. Schedules no iteration past the epoch's end."""
     zero_copy = bool(pipe.exec_dynamic)
-    for b in range(num_batches(count, batch_size, drop_last)):
-        images, labels = pipe.run()
+    n = num_batches(count, batch_size, drop_last)
+    scheduled = PREFETCH
+    for b in range(n):
+        if scheduled < n:
+            pipe.schedule_run()
+            scheduled += 1
+        images, labels = pipe.outputs()
         k = min(batch_size, count - b * batch_size)
         x = _to_torch(images, device, zero_copy)
         y = _to_torch(labels, device, zero_copy).reshape(-1)
@@ -146,11 +165,13 @@ DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16,
 
 
 class DaliLoader(EpochLoader):
+    lookahead = True    # build and start epoch e+1's pipeline during epoch e
+
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         self.paths, self.indexes, self.encoding = shard_files(cfg.data_dir, cfg.manifest, cfg.split)
-        start, stop = dali_shard_bounds(cfg.count, cfg.rank, cfg.world_size)
-        self.shard_count = stop - start     # DALI's block sizes, not shard_bounds'
+        lo, hi = dali_shard_bounds(cfg.count, cfg.rank, cfg.world_size)
+        self.shard_count = hi - lo     # DALI's block sizes, not shard_bounds'
         self.device = cfg.device
         if cfg.device.type == "cuda":
             self.device_id = cfg.device.index if cfg.device.index is not None else torch.cuda.current_device()
@@ -158,6 +179,7 @@ class DaliLoader(EpochLoader):
         else:
             self.device_id = None
         self.dali_dtype = DALI_DTYPES[cfg.dtype]
+        self._ahead: tuple[int, Pipeline] | None = None   # (epoch, started pipeline)
 
     def pipeline(self, epoch: int) -> Pipeline:
         cfg = self.cfg
@@ -170,11 +192,17 @@ class DaliLoader(EpochLoader):
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
+        ahead, self._ahead = self._ahead, None
         if len(self) == 0:
             return
-        pipe = self.pipeline(epoch)
+        pipe = ahead[1] if ahead is not None and ahead[0] == epoch else start(self.pipeline(epoch))
+        del ahead
         check_size(pipe, cfg.count, cfg.data_dir, cfg.split)
-        for x, y in run_epoch(pipe, self.shard_count, cfg.batch_size, cfg.drop_last, self.device):
+        for b, (x, y) in enumerate(run_epoch(pipe, self.shard_count, cfg.batch_size, cfg.drop_last,
+                                             self.device)):
+            if b == 0 and self.lookahead:
+                # the next epoch's pipeline builds and fills its shuffle buffer meanwhile
+                self._ahead = (epoch + 1, start(self.pipeline(epoch + 1)))
             if x.dtype != cfg.dtype:
                 x = x.to(cfg.dtype)
             yield x.permute(0, 3, 1, 2), y
@@ -189,9 +217,9 @@ def dali_uint8_batches(data_dir, manifest: dict, split: str, batch_size: int, nu
     normalization: yields (uint8 NHWC numpy, int64 labels numpy) batches (used by verify)."""
     paths, indexes, encoding = shard_files(data_dir, manifest, split)
     count = manifest["splits"][split]["count"]
-    pipe = build_pipeline(paths, indexes, encoding, tuple(manifest["image_shape"]), batch_size,
-                          seed=0, num_threads=num_threads, device_id=None, shuffle=False,
-                          shard_size=count)
+    pipe = start(build_pipeline(paths, indexes, encoding, tuple(manifest["image_shape"]),
+                                batch_size, seed=0, num_threads=num_threads, device_id=None,
+                                shuffle=False, shard_size=count))
     check_size(pipe, count, data_dir, split)
     for x, y in run_epoch(pipe, count, batch_size, False, torch.device("cpu")):
         yield x.numpy().copy(), y.numpy().copy()

@@ -1,0 +1,102 @@
+"""Typed configuration for `normfast train`: defaults <- configs/defaults.yaml <- --config FILE
+<- command-line flags. Unknown keys are rejected; the resolved config is saved with the run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from normfast.configs import CONFIG_DIR, load_yaml
+from normfast.errors import NormfastError
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    model: str = "resnet18"
+    norm: str = "finetune"
+    backend: str = "resident"
+    stats: str = "manifest"          # finetune statistics: manifest | reference
+    pretrained: str = "none"         # imagenet | none | PATH
+    epochs: int = 100
+    batch_size: int = 256
+    test_batch_size: int = 256
+    lr: float = 0.001
+    optimizer: str = "adam"
+    scheduler: str = "cosine"
+    seed: int = 223
+    amp: str = "auto"                # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    compile: str = "none"            # none | default | cudagraphs
+    device: str = "auto"
+    num_workers: int = 2
+    runs: str = "runs"
+    run_name: str = ""               # default: <model>-<norm>-<backend>
+    log_interval: int = 10
+    resume: bool = False
+    quiet: bool = False
+
+    def run_dir(self, dataset: str) -> Path:
+        name = self.run_name or f"{self.model}-{self.norm}-{self.backend}"
+        return Path(self.runs) / dataset / name
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _coerce(key: str, value, where: str):
+    typ = FIELDS[key].type
+    try:
+        if typ == "bool":
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        return {"int": int, "float": float, "str": str}[typ](value)
+    except (TypeError, ValueError):
+        raise NormfastError(f"{where}: {key}={value!r} is not a valid {typ}") from None
+
+
+def merge(base: dict, new: dict, where: str) -> dict:
+    out = dict(base)
+    for key, value in new.items():
+        key = key.replace("-", "_")
+        if key not in FIELDS:
+            raise NormfastError(f"{where}: unknown key {key!r}; valid: {', '.join(FIELDS)}")
+        out[key] = _coerce(key, value, where)
+    return out
+
+
+def resolve_train_config(config_file: str | Path | None = None, **overrides) -> TrainConfig:
+    values = asdict(TrainConfig())
+    defaults = load_yaml(CONFIG_DIR / "defaults.yaml")
+    defaults = {k: v for k, v in defaults.items() if k in FIELDS}   # log_interval etc. shared with the seed
+    values = merge(values, defaults, str(CONFIG_DIR / "defaults.yaml"))
+    if config_file:
+        values = merge(values, load_yaml(config_file), str(config_file))
+    values = merge(values, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    from normfast.loaders import backends
+    from normfast.models import models
+    from normfast.normalization import settings
+    models.get(cfg.model)
+    settings.get(cfg.norm)
+    backends.get(cfg.backend)
+    if not cfg.data:
+        raise NormfastError("--data DIR is required (a directory written by `normfast convert`)")
+    if cfg.epochs < 1:
+        raise NormfastError(f"--epochs {cfg.epochs}: must be at least 1")
+    for k in ("batch_size", "test_batch_size"):
+        if getattr(cfg, k) < 1:
+            raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least 1")
+    if cfg.lr <= 0:
+        raise NormfastError(f"--lr {cfg.lr}: must be positive")
+    choices = {"amp": ("auto", "bf16", "fp16", "off"), "compile": ("none", "default", "cudagraphs"),
+               "optimizer": ("adam",), "scheduler": ("cosine", "none"), "stats": ("manifest", "reference"),
+               "device": ("auto", "cpu", "cuda")}
+    for key, valid in choices.items():
+        value = getattr(cfg, key)
+        if value not in valid and not (key == "device" and str(value).startswith("cuda:")):
+            raise NormfastError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")

@@ -1,0 +1,295 @@
+"""`normfast train`: fine-tune one backbone on one converted dataset with one normalization.
+
+Channels-last model and batches, one autocast context and one GradScaler switch (fp16
+only), optional torch.compile / CUDA graphs, DDP under torchrun. Every epoch appends one
+line to metrics.jsonl and rewrites last.pt atomically; --resume continues exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+
+from normfast.config import TrainConfig
+from normfast.errors import NormfastError
+from normfast.loaders import build_loader, resolve_device
+from normfast.manifest import load_manifest, write_json_atomic
+from normfast.models import build_model
+from normfast.progress import progress_bar
+
+loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return amp
+
+
+class Dist:
+    """World size / rank from torchrun's environment (1 / 0 otherwise)."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, device: torch.device) -> None:
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def sum(self, values: list[float], device) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(t)
+        return t.tolist()
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break            # a line cut by a kill: everything after it is lost anyway
+    return rows
+
+
+def write_lines_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dist = Dist()
+        dev = None if cfg.device == "auto" else cfg.device
+        if self.dist.enabled and (dev or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+            dev = f"cuda:{self.dist.local_rank}"
+        self.device = resolve_device(dev)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dist.init(self.device)
+        self.amp = resolve_amp(cfg.amp, self.device)
+        if cfg.compile == "cudagraphs" and self.device.type != "cuda":
+            raise NormfastError("--compile cudagraphs needs a CUDA device")
+        self.manifest = load_manifest(cfg.data)
+        self.dataset = self.manifest["name"]
+        self.run_dir = cfg.run_dir(self.dataset)
+        self.in_dtype = AMP_DTYPES.get(self.amp, torch.float32)
+
+    # ------------------------------------------------------------------ set-up
+    def build(self):
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model, self.weights = build_model(cfg.model, len(self.manifest["classes"]), cfg.pretrained)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs)
+                      if cfg.scheduler == "cosine" else None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
+                         if self.amp in AMP_DTYPES else contextlib.nullcontext())
+        self.ddp = self.model
+        if self.dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step_model = self.ddp
+        if cfg.compile != "none":
+            mode = "reduce-overhead" if cfg.compile == "cudagraphs" else None
+            self.step_model = torch.compile(self.ddp, mode=mode)
+        common = dict(backend=cfg.backend, norm=cfg.norm, device=self.device, dtype=self.in_dtype,
+                      seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size,
+                      stats=cfg.stats, num_workers=cfg.num_workers)
+        self.train_loader = build_loader(cfg.data, "train", batch_size=cfg.batch_size, augment=True,
+                                         shuffle=True, drop_last=False, **common)
+        self.test_loader = build_loader(cfg.data, "test", batch_size=cfg.test_batch_size, augment=False,
+                                        shuffle=False, drop_last=False, **common)
+
+    def state(self, epoch: int, best: dict) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "best": best,
+                "config": asdict(self.cfg), "weights": self.weights}
+
+    # ------------------------------------------------------------------ epochs
+    def run_epoch(self, epoch: int, train: bool) -> dict:
+        loader = self.train_loader if train else self.test_loader
+        loader.set_epoch(epoch)
+        self.ddp.train(train)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        seen, wait, steps = 0, 0.0, 0
+        desc = f"epoch {epoch + 1}/{self.cfg.epochs} {'train' if train else 'test'}"
+        bar = progress_bar(loader.num_samples, desc, self.cfg.quiet or not self.dist.main)
+        join = self.ddp.join() if (train and self.dist.enabled) else contextlib.nullcontext()
+        self._sync()
+        start = time.perf_counter()
+        with bar, join, torch.set_grad_enabled(train):
+            it = iter(loader)
+            while True:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                wait += time.perf_counter() - t0
+                if batch is None:
+                    break
+                x, y = batch
+                with self.autocast:
+                    out = self.step_model(x)
+                    loss = loss_fn(out.float(), y)
+                if train:
+                    self.opt.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                    finite &= torch.isfinite(loss)
+                    self._debug_step(epoch, steps, y)
+                loss_sum += loss.detach().double() * len(y)
+                correct += (out.argmax(1) == y).sum()
+                seen += len(y)
+                steps += 1
+                if train and steps % self.cfg.log_interval == 0:
+                    self._check_finite(finite, epoch, steps)
+                    bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                bar.update(len(y))
+        self._sync()
+        seconds = time.perf_counter() - start
+        if train:
+            self._check_finite(finite, epoch, steps)
+        total_loss, total_correct, total_seen = self.dist.sum([loss_sum.item(), correct.item(), seen], self.device)
+        total_wait, = self.dist.sum([wait], self.device)
+        return {"loss": total_loss / max(total_seen, 1), "acc": total_correct / max(total_seen, 1),
+                "seconds": seconds, "images_per_second": total_seen / seconds if seconds else 0.0,
+                "data_wait_fraction": total_wait / self.dist.world_size / seconds if seconds else 0.0}
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _check_finite(self, finite: torch.Tensor, epoch: int, steps: int) -> None:
+        if not bool(finite):
+            raise NormfastError(
+                f"training diverged: the loss became NaN or infinite in epoch {epoch} (by step {steps}); "
+                f"run stopped, the last good checkpoint is kept in {self.run_dir / 'last.pt'}")
+
+    def _debug_step(self, epoch: int, step: int, y: torch.Tensor) -> None:
+        """With NORMFAST_DEBUG_DDP=DIR, each rank logs its labels and a weight checksum per step
+        (the multi-process test uses it to check disjoint data and identical weights)."""
+        path = os.environ.get("NORMFAST_DEBUG_DDP")
+        if path:
+            checksum = sum(float(p.detach().double().sum()) for p in self.model.parameters())
+            with open(Path(path) / f"rank{self.dist.rank}.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epoch, "step": step, "labels": y.tolist(),
+                                    "checksum": checksum}) + "\n")
+
+    # ------------------------------------------------------------------ main
+    def fit(self) -> dict:
+        cfg, run_dir = self.cfg, self.run_dir
+        last = run_dir / "last.pt"
+        if last.exists() and not cfg.resume:
+            raise NormfastError(f"{run_dir}: a run is already there; pass --resume to continue it "
+                                "or --run-name to start another")
+        self.build()
+        start, best = 0, {"best_epoch": -1, "best_acc": 0.0}
+        if cfg.resume and last.exists():
+            ckpt = torch.load(last, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.sched and ckpt["scheduler"]:
+                self.sched.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            start, best = ckpt["epoch"] + 1, ckpt["best"]
+        if self.dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = asdict(cfg) | {"dataset": self.dataset, "weights": self.weights, "amp": self.amp,
+                                      "device": str(self.device), "world_size": self.dist.world_size,
+                                      "versions": versions()}
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            metrics_path = run_dir / "metrics.jsonl"
+            write_lines_atomic(metrics_path, [r for r in read_metrics(metrics_path) if r["epoch"] < start])
+        for epoch in range(start, cfg.epochs):
+            lr = self.opt.param_groups[0]["lr"]
+            tr = self.run_epoch(epoch, train=True)
+            te = self.run_epoch(epoch, train=False)
+            if self.sched:
+                self.sched.step()
+            row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                   "test_loss": te["loss"], "test_acc": te["acc"], "epoch_seconds": tr["seconds"] + te["seconds"],
+                   "train_seconds": tr["seconds"], "train_images_per_second": tr["images_per_second"],
+                   "data_wait_fraction": tr["data_wait_fraction"],
+                   "test_images_per_second": te["images_per_second"]}
+            improved = te["acc"] > best["best_acc"] or best["best_epoch"] < 0
+            if improved:
+                best = {"best_epoch": epoch, "best_acc": te["acc"]}
+            if self.dist.main:
+                state = self.state(epoch, best)
+                if improved:
+                    atomic_save(state, run_dir / "best.pt")
+                atomic_save(state, last)
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                write_json_atomic(run_dir / "best_results.json",
+                                  best | {"epochs_done": epoch + 1, "epochs": cfg.epochs,
+                                          "finished": epoch + 1 == cfg.epochs, "weights": self.weights})
+                if not cfg.quiet:
+                    print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+                          f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  "
+                          f"{tr['images_per_second']:.0f} img/s  data wait {tr['data_wait_fraction']:.0%}",
+                          flush=True)
+        if self.dist.enabled:
+            dist.barrier()
+        return best
+
+
+def versions() -> dict:
+    import numpy
+    import torchvision
+    out = {"python": platform.python_version(), "torch": str(torch.__version__),
+           "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
+           "machine": platform.machine(), "cpus": os.cpu_count(),
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return out
+
+
+def train(cfg: TrainConfig) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def is_finished(run_dir: Path) -> bool:
+    p = run_dir / "best_results.json"
+    return p.exists() and json.loads(p.read_text()).get("finished", False)
+
+
+__all__ = ["train", "Trainer", "is_finished"]

@@ -1,0 +1,333 @@
+"""The DALI backend against the loader contract and the float64 reference (CPU pipelines)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+
+from converters.convert import ConvertConfig, convert                      # noqa: E402
+from converters.formats import ShardWriter                                 # noqa: E402
+from normfast.errors import NormfastError                                  # noqa: E402
+from normfast.loaders import build_loader                                  # noqa: E402
+from normfast.loaders.dali_backend import dali_shard_bounds, dali_uint8_batches  # noqa: E402
+from normfast.manifest import load_manifest                                # noqa: E402
+from normfast.normalization import (PAD, SETTINGS, dtype_tolerance, reference_augment,  # noqa: E402
+                                    reference_normalize)
+from normfast.shards import ShardReader                                    # noqa: E402
+
+EDGE_N = 60
+
+
+def write_dataset(out, images, labels, shard_samples):
+    """Raw webdataset shards + a manifest for arbitrary uint8 images (labels < 256)."""
+    writer = ShardWriter(out / "dali", "train", "raw", 90, shard_samples=shard_samples)
+    for img, label in zip(images, labels):
+        writer.write(img, int(label))
+    shards = writer.close()
+    split = {"count": len(labels), "class_counts": np.bincount(labels, minlength=256).tolist(),
+             "formats": {"dali": {"shards": [f"{s}.tar" for s in shards],
+                                  "indexes": [f"{s}.idx" for s in shards]}}}
+    manifest = {"name": out.name, "classes": [str(k) for k in range(256)], "num_classes": 256,
+                "image_shape": list(images.shape[1:]), "splits": {"train": split},
+                "stats": {"mean": [0.5] * 3, "std": [0.25] * 3}, "encoding": "raw", "files": [],
+                "formats": {"dali": {"dir": "dali", "image_encoding": "raw"}}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return shards
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dali") / "raw"
+    convert(ConvertConfig(source="synthetic", out=out, limit=600, formats=("dali",), quiet=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    """60 images 16x16 in 9 tar shards. Channel 0 of image k is the constant k+1 and its label
+    is k (so an image can be matched to its label after augmentation); channel 2 is noise
+    spanning 0..255; every fifth image is constant in all three channels."""
+    out = tmp_path_factory.mktemp("dali") / "edge"
+    rng = np.random.default_rng(0)
+    images = np.empty((EDGE_N, 16, 16, 3), np.uint8)
+    images[..., 0] = (np.arange(EDGE_N) + 1)[:, None, None]
+    images[..., 1:] = rng.integers(0, 256, (EDGE_N, 16, 16, 2))
+    images[:, 0, 0, 2], images[:, 0, 1, 2] = 0, 255
+    images[::5, :, :, 1], images[::5, :, :, 2] = 0, 255
+    shards = write_dataset(out, images, np.arange(EDGE_N), 7)
+    assert len(shards) == 9
+    return out
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """2500 tiny images whose pixels spell their stored index (more than DALI's default
+    shuffle buffer of 1024)."""
+    out = tmp_path_factory.mktemp("dali") / "indexed"
+    k = np.arange(2500)
+    images = np.zeros((2500, 2, 2, 3), np.uint8)
+    images[..., 0] = (k // 256)[:, None, None]
+    images[..., 1] = (k % 256)[:, None, None]
+    write_dataset(out, images, k % 256, 1000)
+    return out
+
+
+def stored(data_dir, split="train"):
+    reader = ShardReader(data_dir, load_manifest(data_dir), split)
+    images, labels = zip(*reader.batches(4096))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def loader(data_dir, norm="minmax", augment=False, batch_size=128, **kw):
+    kw.setdefault("device", "cpu")
+    return build_loader(data_dir, "train", "dali", batch_size, norm, augment, **kw)
+
+
+def epoch(ld):
+    batches = list(ld)
+    assert len(batches) == len(ld)
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), batches
+
+
+def check_close(x: torch.Tensor, ref: np.ndarray, dtype: str):
+    rtol, atol = dtype_tolerance(dtype)
+    got = x.float().numpy().astype(np.float64)
+    assert not np.isnan(got).any()
+    bad = np.abs(got - ref) > atol + rtol * np.abs(ref)
+    assert not bad.any(), f"{bad.sum()} values off, max error {np.abs(got - ref).max():.3g}"
+
+
+# ---------------------------------------------------------------- normalization, no augmentation
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_normalization_matches_reference(synthetic, setting, dtype):
+    images, labels = stored(synthetic)
+    ld = loader(synthetic, setting, dtype=dtype, batch_size=256)
+    x, y, batches = epoch(ld)
+    for xb, yb in batches:
+        assert xb.dtype == getattr(torch, dtype) and xb.device.type == "cpu"
+        assert xb.ndim == 4 and xb.shape[1:] == (3, 32, 32)
+        assert xb.is_contiguous(memory_format=torch.channels_last)
+        assert yb.dtype == torch.int64 and yb.ndim == 1 and len(yb) == len(xb)
+    assert [len(b[1]) for b in batches] == [256, 256, 88]
+    assert np.array_equal(y.numpy(), labels)
+    check_close(x, reference_normalize(images, ld.cfg.spec), dtype)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_instance_constant_channels_give_zero(edge, augment):
+    images, _ = stored(edge)
+    ld = loader(edge, "instance", augment=augment, batch_size=16)
+    x, y, _ = epoch(ld)
+    assert not torch.isnan(x).any() and torch.isfinite(x).all()
+    if not augment:
+        ref = reference_normalize(images, ld.cfg.spec)
+        assert (ref[:, 0] == 0).all() and (ref[::5] == 0).all()
+        check_close(x, ref, "float32")
+
+
+# ---------------------------------------------------------------- augmentation
+
+def infer_augmentation(out_u8: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dy, dx) and flip per image: the first of the 9x9x2 candidates equal to the output."""
+    n, h, w, _ = src.shape
+    padded = np.pad(src, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    offsets, flips = np.full((n, 2), -1), np.zeros(n, bool)
+    for i in range(n):
+        for flip in (False, True):
+            target = out_u8[i, :, ::-1] if flip else out_u8[i]
+            windows = np.lib.stride_tricks.sliding_window_view(padded[i], (h, w, 3))[:, :, 0]
+            hits = np.argwhere((windows == target).all(axis=(2, 3, 4)))
+            if len(hits):
+                offsets[i], flips[i] = hits[0], flip
+                break
+        assert offsets[i, 0] >= 0, f"image {i}: output is no pad+crop+flip of the stored image"
+    return offsets, flips
+
+
+def test_augmentation_offsets_flips_and_padding(synthetic):
+    images, labels = stored(synthetic)
+    n = len(images)
+    x, y, _ = epoch(loader(synthetic, "minmax", augment=True, seed=5, batch_size=200))
+    assert np.array_equal(y.numpy(), labels)
+    out = np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    offsets, flips = infer_augmentation(out, images)
+    for axis in (0, 1):   # uniform over 0..8: about 67 each, binomial sd ~8
+        counts = np.bincount(offsets[:, axis], minlength=2 * PAD + 1)
+        assert len(counts) == 2 * PAD + 1 and counts.min() > 30 and counts.max() < 110, counts
+    assert 0.4 < flips.mean() < 0.6
+    assert (offsets != PAD).any(axis=1).mean() > 0.8
+
+    # the other settings draw the same offsets/flips for the same seed: padded pixels must be
+    # the normalized value of pixel 0, and the whole batch must match the reference
+    augmented = reference_augment(images, offsets, flips)
+    for setting, dtype in (("finetune", "float32"), ("pretrain", "float16"), ("instance", "float32"),
+                           ("instance", "bfloat16")):
+        ld = loader(synthetic, setting, augment=True, seed=5, batch_size=200, dtype=dtype)
+        xs, ys, _ = epoch(ld)
+        assert np.array_equal(ys.numpy(), labels)
+        check_close(xs, reference_normalize(augmented, ld.cfg.spec), dtype)
+    assert n == 600
+
+
+def test_labels_follow_images_under_shuffle_and_augment(edge):
+    x, y, _ = epoch(loader(edge, "minmax", augment=True, shuffle=True, seed=1, batch_size=8))
+    assert sorted(y.tolist()) == list(range(EDGE_N))
+    # output pixel (8, 8) always comes from inside the 16x16 image (|offset - PAD| <= 4)
+    assert torch.equal(torch.round(x[:, 0, 8, 8] * 255).long(), y + 1)
+
+
+# ---------------------------------------------------------------- epochs, order, sharding
+
+def test_seed_fixes_order_and_augmentation_per_epoch(synthetic):
+    kw = dict(norm="finetune", augment=True, shuffle=True, batch_size=64)
+    a, b = loader(synthetic, seed=3, **kw), loader(synthetic, seed=3, **kw)
+    a0, b0 = next(iter(a)), next(iter(b))
+    assert torch.equal(a0[0], b0[0]) and torch.equal(a0[1], b0[1])
+    _, ya0, _ = epoch(loader(synthetic, seed=3, **kw))
+    first = loader(synthetic, seed=3, **kw)
+    epoch(first)
+    xa1, ya1, _ = epoch(first)                     # epoch 1 after epoch 0
+    jump = loader(synthetic, seed=3, **kw)
+    jump.set_epoch(1)
+    xj1, yj1, _ = epoch(jump)                       # epoch 1 directly (a resumed run)
+    assert torch.equal(xa1, xj1) and torch.equal(ya1, yj1)
+    assert not torch.equal(ya0, ya1)
+    # the pipeline started ahead for epoch 2 must not leak into a jump or a broken-off epoch
+    first.set_epoch(5)
+    x5, y5, _ = epoch(first)
+    fresh = loader(synthetic, seed=3, **kw)
+    fresh.set_epoch(5)
+    assert torch.equal(x5, epoch(fresh)[0])
+    it = iter(fresh)                                # epoch 6, broken off after one batch
+    next(it)
+    del it
+    x7, _, _ = epoch(fresh)
+    jump.set_epoch(7)
+    assert torch.equal(x7, epoch(jump)[0])
+    _, yc0, _ = epoch(loader(synthetic, seed=4, **kw))
+    assert not torch.equal(ya0, yc0)
+    assert sorted(ya1.tolist()) == sorted(ya0.tolist())
+
+
+def test_no_shuffle_is_stored_order_every_epoch(edge):
+    ld = loader(edge, batch_size=7)
+    for _ in range(2):
+        _, y, batches = epoch(ld)
+        assert y.tolist() == list(range(EDGE_N)) and len(batches) == 9
+
+
+def test_shuffle_visits_every_sample_once(edge):
+    ld = loader(edge, shuffle=True, augment=True, batch_size=7, seed=11)
+    orders = []
+    for _ in range(3):
+        x, y, batches = epoch(ld)
+        assert len(ld) == len(batches) == 9 and [len(b[1]) for b in batches][-1] == 4
+        assert sorted(y.tolist()) == list(range(EDGE_N))
+        assert torch.equal(torch.round(x[:, 0, 8, 8] * 255).long(), y + 1)
+        orders.append(y.tolist())
+    assert orders[0] != orders[1] != orders[2]
+    assert orders[0] != list(range(EDGE_N))
+
+
+def test_shuffle_is_a_full_permutation(indexed):
+    """Not a local shuffle from a small buffer: any sample can come first, on every rank."""
+    for rank, world_size in ((0, 1), (1, 2)):
+        start, stop = dali_shard_bounds(2500, rank, world_size)
+        ld = loader(indexed, shuffle=True, rank=rank, world_size=world_size, batch_size=500, seed=4)
+        x, _, _ = epoch(ld)
+        pix = torch.round(x * 255).long()
+        idx = (pix[:, 0, 0, 0] * 256 + pix[:, 1, 0, 0]).numpy()
+        assert sorted(idx) == list(range(start, stop))
+        assert abs(np.corrcoef(np.arange(len(idx)), idx)[0, 1]) < 0.1
+        first = idx[:len(idx) // 10]
+        assert first.max() - start > 0.8 * (stop - start)
+
+
+def test_drop_last(edge):
+    ld = loader(edge, shuffle=True, drop_last=True, batch_size=16, seed=2)
+    assert len(ld) == 3 and ld.num_samples == 48
+    for _ in range(2):
+        _, y, batches = epoch(ld)
+        assert [len(b[1]) for b in batches] == [16, 16, 16]
+        assert len(set(y.tolist())) == 48
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 7])
+def test_ranks_are_disjoint_and_complete(edge, world_size):
+    for shuffle in (False, True):
+        seen = []
+        for rank in range(world_size):
+            ld = loader(edge, shuffle=shuffle, rank=rank, world_size=world_size, batch_size=4, seed=9)
+            _, y, _ = epoch(ld)
+            assert len(y) == ld.num_samples == ld.shard_count
+            start, stop = dali_shard_bounds(EDGE_N, rank, world_size)
+            assert sorted(y.tolist()) == list(range(start, stop))
+            if not shuffle:
+                assert y.tolist() == list(range(start, stop))
+            seen += y.tolist()
+        assert sorted(seen) == list(range(EDGE_N))
+
+
+# ---------------------------------------------------------------- encodings, readback, errors
+
+@pytest.mark.parametrize("encoding", ["png", "jpg"])
+def test_encoded_shards_load(tmp_path, encoding):
+    out = tmp_path / encoding
+    convert(ConvertConfig(source="synthetic", out=out, limit=48, formats=("dali",),
+                          encoding=encoding, quiet=True))
+    images, labels = stored(out)      # PIL decode
+    x, y, _ = epoch(loader(out, batch_size=20))
+    assert np.array_equal(y.numpy(), labels)
+    got = np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.int16)
+    if encoding == "png":
+        assert np.array_equal(got, images)
+    else:   # libjpeg-turbo vs PIL: the same decoder family, tiny rounding differences at most
+        assert np.abs(got - images).mean() < 1.0
+    xa, ya, _ = epoch(loader(out, "finetune", augment=True, batch_size=20, shuffle=True))
+    assert xa.shape == (48, 3, 32, 32) and sorted(ya.tolist()) == sorted(labels.tolist())
+
+
+def test_uint8_readback(edge, synthetic):
+    for data_dir in (edge, synthetic):
+        images, labels = stored(data_dir)
+        batches = list(dali_uint8_batches(data_dir, load_manifest(data_dir), "train", 50))
+        assert all(b[0].dtype == np.uint8 and b[1].dtype == np.int64 for b in batches)
+        assert np.array_equal(np.concatenate([b[0] for b in batches]), images)
+        assert np.array_equal(np.concatenate([b[1] for b in batches]), labels)
+
+
+def test_missing_shard_is_a_clear_error(tmp_path):
+    out = tmp_path / "d"
+    convert(ConvertConfig(source="synthetic", out=out, limit=10, formats=("dali",), quiet=True))
+    (out / "dali" / "train-00000.tar").unlink()
+    with pytest.raises(NormfastError, match="train-00000.tar"):
+        loader(out)
+
+
+# ---------------------------------------------------------------- GPU
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_matches_reference(synthetic, dtype):
+    images, labels = stored(synthetic)
+    for setting in ("finetune", "instance"):
+        ld = loader(synthetic, setting, device="cuda", dtype=dtype, batch_size=256)
+        x, y, batches = epoch(ld)
+        xb = batches[0][0]
+        assert xb.device.type == "cuda" and y.device.type == "cuda" and y.dtype == torch.int64
+        assert xb.dtype == getattr(torch, dtype) and xb.is_contiguous(memory_format=torch.channels_last)
+        assert np.array_equal(y.cpu().numpy(), labels)
+        check_close(x.cpu(), reference_normalize(images, ld.cfg.spec), dtype)
+    # augmentation on the GPU: same checks as on the CPU
+    x, y, _ = epoch(loader(synthetic, "minmax", augment=True, device="cuda", seed=5, batch_size=200))
+    out = np.rint(x.cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    offsets, flips = infer_augmentation(out, images)
+    assert len(np.unique(offsets[:, 0])) == 2 * PAD + 1 and 0.4 < flips.mean() < 0.6
+    _, ys, _ = epoch(loader(synthetic, "finetune", augment=True, shuffle=True, device="cuda", seed=1))
+    assert sorted(ys.tolist()) == sorted(labels.tolist())

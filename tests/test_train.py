@@ -1,0 +1,188 @@
+"""Training on the CPU with tiny data: every backbone x backend, run files, resume, NaN guard,
+argument errors, and DDP with gloo across two processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import normfast.train as train_mod
+from converters.convert import ConvertConfig, convert
+from fixtures import write_imagefolder
+from normfast.cli import main
+from normfast.config import resolve_train_config
+from normfast.errors import NormfastError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "synthetic"
+    convert(ConvertConfig("synthetic", out, limit=40, quiet=True))
+    return out
+
+
+def cfg_for(data, runs, **kw):
+    base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
+                quiet=True, num_workers=1, device="cpu")
+    return resolve_train_config(None, **(base | kw))
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "densenet121", "densenet161"])
+def test_every_backbone_steps_with_every_backend(tiny, tmp_path, model):
+    for backend in ("resident", "torch", "dali", "ffcv"):
+        trainer = train_mod.Trainer(cfg_for(tiny, tmp_path, model=model, backend=backend, batch_size=8))
+        trainer.build()
+        before = [p.detach().clone() for p in trainer.model.parameters()][:3]
+        x, y = next(iter(trainer.train_loader))
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        out = trainer.model(x)
+        assert out.shape == (len(y), 10)
+        loss = train_mod.loss_fn(out, y)
+        trainer.opt.zero_grad()
+        loss.backward()
+        trainer.opt.step()
+        after = list(trainer.model.parameters())[:3]
+        assert any(not torch.equal(a, b) for a, b in zip(before, after)), backend
+
+
+def test_run_directory_files(tiny, tmp_path):
+    best = train_mod.train(cfg_for(tiny, tmp_path, epochs=2))
+    run = tmp_path / "synthetic" / "resnet18-finetune-resident"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "metrics.jsonl", "best_results.json", "best.pt", "last.pt"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for key in ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
+                "train_images_per_second", "data_wait_fraction"):
+        assert all(key in r for r in rows), key
+    assert 0 <= rows[0]["data_wait_fraction"] <= 1 and rows[0]["train_images_per_second"] > 0
+    assert rows[1]["lr"] == pytest.approx(0.0005)          # cosine over 2 epochs, stepped per epoch
+    res = json.loads((run / "best_results.json").read_text())
+    assert res["best_acc"] == best["best_acc"] == max(r["test_acc"] for r in rows)
+    assert res["best_epoch"] in (0, 1) and res["finished"] and res["weights"] == "none"
+    with pytest.raises(NormfastError, match="already there; pass --resume"):
+        train_mod.train(cfg_for(tiny, tmp_path, epochs=2))
+
+
+def test_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train_mod.train(cfg_for(tiny, full, epochs=3, backend="torch"))
+    cut = tmp_path / "cut"
+    real = train_mod.Trainer.run_epoch
+
+    def dies_in_epoch_2(self, epoch, train):
+        if epoch == 2 and train:
+            raise KeyboardInterrupt
+        return real(self, epoch, train)
+
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg_for(tiny, cut, epochs=3, backend="torch"))
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", real)
+    train_mod.train(cfg_for(tiny, cut, epochs=3, backend="torch", resume=True))
+    a = [json.loads(x) for x in (full / "synthetic/resnet18-finetune-torch/metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (cut / "synthetic/resnet18-finetune-torch/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in b] == [0, 1, 2]
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["epoch"], k)
+    wa = torch.load(full / "synthetic/resnet18-finetune-torch/last.pt", weights_only=False)["model"]
+    wb = torch.load(cut / "synthetic/resnet18-finetune-torch/last.pt", weights_only=False)["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    real = train_mod.loss_fn
+    calls = {"n": 0}
+
+    def poisoned(out, y):
+        calls["n"] += 1
+        loss = real(out, y)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(train_mod, "loss_fn", poisoned)
+    with pytest.raises(NormfastError, match="NaN or infinite in epoch 1"):
+        train_mod.train(cfg_for(tiny, tmp_path, epochs=3, log_interval=1))
+    run = tmp_path / "synthetic" / "resnet18-finetune-resident"
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert json.loads((run / "best_results.json").read_text())["epochs_done"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "vgg11"], "unknown model 'vgg11'; valid: resnet18"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--norm", "zscore"], "unknown normalization setting 'zscore'"),
+    (["--backend", "nvjpeg"], "unknown backend 'nvjpeg'; valid: dali, ffcv, resident, torch"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+])
+def test_bad_arguments_one_line(tiny, tmp_path, args, message):
+    r = CliRunner().invoke(main, ["train", "--data", str(tiny), "--runs", str(tmp_path), "-q"] + args)
+    assert r.exit_code == 1, r.output
+    assert message in r.output and r.output.strip().count("\n") == 0
+
+
+def test_missing_data_dir(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "nope"), "-q"])
+    assert r.exit_code == 1 and "nope: data directory not found" in r.output
+
+
+def test_pretrained_imagenet_without_network_is_a_clear_error(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    import torch.hub
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("network unreachable")))
+    with pytest.raises(NormfastError, match="--pretrained PATH"):
+        train_mod.train(cfg_for(tiny, tmp_path, pretrained="imagenet"))
+
+
+def test_pretrained_local_file(tiny, tmp_path):
+    import torchvision
+    path = tmp_path / "imagenet-like.pt"
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), path)
+    train_mod.train(cfg_for(tiny, tmp_path, pretrained=str(path)))
+    res = json.loads((tmp_path / "synthetic/resnet18-finetune-resident/best_results.json").read_text())
+    assert res["weights"].startswith(f"file:{path}")
+
+
+def test_config_file_and_unknown_key(tiny, tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("epochs: 7\nlr: 0.01\n")
+    cfg = resolve_train_config(good, data=str(tiny), lr=0.02)
+    assert cfg.epochs == 7 and cfg.lr == 0.02 and cfg.seed == 223 and cfg.batch_size == 256
+    bad = tmp_path / "b.yaml"
+    bad.write_text("epoch: 7\n")
+    with pytest.raises(NormfastError, match="unknown key 'epoch'"):
+        resolve_train_config(bad, data=str(tiny))
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    # one class per training image, so labels identify samples across ranks
+    write_imagefolder(tmp_path / "src", classes=[f"k{i:02d}" for i in range(12)], per_class=1)
+    data = tmp_path / "data"
+    convert(ConvertConfig("imagefolder", data, tmp_path / "src", quiet=True))
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    env = os.environ | {"NORMFAST_DEBUG_DDP": str(debug), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "normfast", "train", "--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "2",
+           "--batch-size", "4", "--device", "cpu", "--num-workers", "1", "-q"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    logs = {k: [json.loads(x) for x in (debug / f"rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)}
+    for epoch in (0, 1):
+        seen = {k: [lab for row in logs[k] if row["epoch"] == epoch for lab in row["labels"]] for k in (0, 1)}
+        assert not set(seen[0]) & set(seen[1])                      # disjoint
+        assert sorted(seen[0] + seen[1]) == list(range(12))         # complete
+    for a, b in zip(logs[0], logs[1]):                               # same weights after every step
+        assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-6)
+    runs = list((tmp_path / "runs").rglob("metrics.jsonl"))
+    assert len(runs) == 1 and len(runs[0].read_text().splitlines()) == 2
