@@ -13,7 +13,8 @@ from converters.convert import ConvertConfig, convert                      # noq
 from converters.formats import ShardWriter                                 # noqa: E402
 from normfast.errors import NormfastError                                  # noqa: E402
 from normfast.loaders import build_loader                                  # noqa: E402
-from normfast.loaders.dali_backend import dali_shard_bounds, dali_uint8_batches  # noqa: E402
+from normfast.loaders import shard_bounds  # noqa: E402
+from normfast.loaders.dali_backend import dali_uint8_batches  # noqa: E402
 from normfast.manifest import load_manifest                                # noqa: E402
 from normfast.normalization import (PAD, SETTINGS, dtype_tolerance, reference_augment,  # noqa: E402
                                     reference_normalize)
@@ -238,7 +239,7 @@ def test_shuffle_visits_every_sample_once(edge):
 def test_shuffle_is_a_full_permutation(indexed):
     """Not a local shuffle from a small buffer: any sample can come first, on every rank."""
     for rank, world_size in ((0, 1), (1, 2)):
-        start, stop = dali_shard_bounds(2500, rank, world_size)
+        start, stop = shard_bounds(2500, rank, world_size)
         ld = loader(indexed, shuffle=True, rank=rank, world_size=world_size, batch_size=500, seed=4)
         x, _, _ = epoch(ld)
         pix = torch.round(x * 255).long()
@@ -266,7 +267,7 @@ def test_ranks_are_disjoint_and_complete(edge, world_size):
             ld = loader(edge, shuffle=shuffle, rank=rank, world_size=world_size, batch_size=4, seed=9)
             _, y, _ = epoch(ld)
             assert len(y) == ld.num_samples == ld.shard_count
-            start, stop = dali_shard_bounds(EDGE_N, rank, world_size)
+            start, stop = shard_bounds(EDGE_N, rank, world_size)
             assert sorted(y.tolist()) == list(range(start, stop))
             if not shuffle:
                 assert y.tolist() == list(range(start, stop))

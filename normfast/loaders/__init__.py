@@ -6,9 +6,10 @@ already augmented (train) and normalized; labels int64 on `device`.
 
 Order: with `shuffle` off, stored order. With it on, epoch e's order is a function of
 (seed, e) only, so a resumed run sees the same batches as an uninterrupted one; call
-`set_epoch(e)` to jump. `rank`/`world_size` split every epoch into disjoint shards that
-together cover the split (contiguous blocks of the epoch's order, sizes differing by at
-most one sample: no padding, no duplicates).
+`set_epoch(e)` to jump. `rank`/`world_size` split the split into disjoint shards that
+together cover it: rank r owns the contiguous block [n*r//w, n*(r+1)//w) of the stored
+order (DALI's own sharding rule, so every backend agrees) and shuffles within it each
+epoch. No padding, no duplicates; shard sizes differ by at most one sample.
 """
 from __future__ import annotations
 
@@ -74,18 +75,15 @@ def resolve_device(device) -> torch.device:
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous block; sizes differ by at most one."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+    """[start, stop) of rank's contiguous block of the stored order (DALI's rule)."""
+    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
     """The sample indices this rank visits in `epoch`, in order."""
-    order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
-             else np.arange(n))
     start, stop = shard_bounds(n, rank, world_size)
-    return order[start:stop]
+    block = np.arange(start, stop)
+    return np.random.default_rng([seed, epoch, rank]).permutation(block) if shuffle else block
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

@@ -22,9 +22,8 @@ Epochs: the reader pads its last batch (`pad_last_batch`: a pipeline that runs s
 shuffled epochs repeats/misses samples without it; ours run one each) and we trim, so
 every epoch visits each sample of this rank's shard exactly once. Shuffling draws from a
 buffer as large as the shard (`initial_fill`), i.e. a full permutation of the shard.
-DALI's sharding: rank r reads the contiguous stored block [n*r//w, n*(r+1)//w), the same
-block every epoch (shuffled within); sizes differ by at most one, like `shard_bounds`, but
-the larger blocks come last, so `shard_count` is DALI's.
+Sharding: DALI's reader gives rank r the contiguous stored block [n*r//w, n*(r+1)//w)
+every epoch (shuffled within), which is the rule `shard_bounds` states for all backends.
 """
 from __future__ import annotations
 
@@ -40,11 +39,6 @@ from normfast.normalization import PAD
 
 EXTENSIONS = {"raw": "raw", "png": "png", "jpg": "jpg"}
 PREFETCH = 2      # pipeline iterations in flight
-
-
-def dali_shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of the stored samples DALI's reader gives shard `rank` (its formula)."""
-    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[str], list[str], str]:
@@ -170,8 +164,6 @@ class DaliLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         self.paths, self.indexes, self.encoding = shard_files(cfg.data_dir, cfg.manifest, cfg.split)
-        lo, hi = dali_shard_bounds(cfg.count, cfg.rank, cfg.world_size)
-        self.shard_count = hi - lo     # DALI's block sizes, not shard_bounds'
         self.device = cfg.device
         if cfg.device.type == "cuda":
             self.device_id = cfg.device.index if cfg.device.index is not None else torch.cuda.current_device()

@@ -1,0 +1,120 @@
+"""`normfast sweep GRID.yaml`: the seed's grid of runs, resumable and shardable.
+
+Runs every dataset x model x norm x backend (x seed) configuration in a fixed order,
+skips finished runs, resumes interrupted ones, and `--shard i/n` keeps every n-th
+configuration starting at the i-th so that n machines share the list without overlap.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from normfast.config import resolve_train_config
+from normfast.configs import load_yaml
+from normfast.errors import NormfastError
+from normfast.manifest import load_manifest
+
+GRID_KEYS = {"data_root", "runs", "datasets", "models", "norms", "backends", "seeds", "train"}
+
+
+@dataclass
+class RunSpec:
+    dataset: str
+    model: str
+    norm: str
+    backend: str
+    seed: int
+    run_name: str
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    if not shard:
+        return 1, 1
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise NormfastError(f"--shard {shard!r}: expected i/n, e.g. 1/4") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise NormfastError(f"--shard {shard!r}: i must be in 1..n")
+    return i, n
+
+
+def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) -> list[RunSpec]:
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise NormfastError(f"grid: unknown key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(GRID_KEYS))}")
+    axes = {k: list(grid.get(k) or []) for k in ("datasets", "models", "norms", "backends")}
+    for key, wanted in filters.items():
+        if wanted:
+            missing = [w for w in wanted if w not in axes[key]]
+            if missing:
+                raise NormfastError(f"--{key[:-1]} {missing[0]!r} is not in the grid's {key}: {', '.join(axes[key])}")
+            axes[key] = [v for v in axes[key] if v in wanted]
+    seeds = seeds or [int(s) for s in grid.get("seeds") or [223]]
+    runs = []
+    for d, m, nm, b, s in itertools.product(axes["datasets"], axes["models"], axes["norms"], axes["backends"], seeds):
+        name = f"{m}-{nm}-{b}" + (f"-s{s}" if len(seeds) > 1 else "")
+        runs.append(RunSpec(d, m, nm, b, s, name))
+    i, n = parse_shard(shard)
+    return runs[i - 1::n]
+
+
+def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, shard: str | None = None,
+          overrides: dict | None = None, dry_run: bool = False, echo=print) -> list[dict]:
+    from normfast.train import is_finished, train
+    grid = load_yaml(grid_path)
+    runs = plan(grid, filters, seeds, shard)
+    data_root = Path(grid.get("data_root", "data"))
+    runs_root = str((overrides or {}).get("runs") or grid.get("runs", "runs"))
+    results = []
+    for k, r in enumerate(runs, 1):
+        row = {"dataset": r.dataset, "model": r.model, "norm": r.norm, "backend": r.backend, "seed": r.seed}
+        label = f"[{k}/{len(runs)}] {r.dataset} {r.run_name}"
+        try:
+            manifest = load_manifest(data_root / r.dataset)
+            cfg = resolve_train_config(
+                None, **(dict(grid.get("train") or {}) | (overrides or {}) |
+                         dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
+                              seed=r.seed, runs=runs_root, run_name=r.run_name)))
+            run_dir = cfg.run_dir(manifest["name"])
+            if is_finished(run_dir):
+                row["status"] = "done before"
+            elif dry_run:
+                row["status"] = "to resume" if (run_dir / "last.pt").exists() else "to run"
+            else:
+                cfg.resume = (run_dir / "last.pt").exists()
+                echo(f"{label}: {'resuming' if cfg.resume else 'starting'}")
+                train(cfg)
+                row["status"] = "ran"
+            row |= summarize(run_dir)
+        except NormfastError as e:
+            row["status"] = f"failed: {e}"
+        echo(f"{label}: {row['status']}")
+        results.append(row)
+    return results
+
+
+def summarize(run_dir: Path) -> dict:
+    out = {"run_dir": str(run_dir)}
+    best = run_dir / "best_results.json"
+    if best.exists():
+        out |= {k: v for k, v in json.loads(best.read_text()).items() if k in ("best_acc", "best_epoch")}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        if rows:
+            out["train_images_per_second"] = sum(r["train_images_per_second"] for r in rows) / len(rows)
+    return out
+
+
+def format_summary(results: list[dict]) -> str:
+    lines = ["| dataset | model | norm | backend | seed | status | best acc | best epoch | train img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        acc = f"{r['best_acc']:.4f}" if "best_acc" in r else "—"
+        ips = f"{r['train_images_per_second']:.0f}" if "train_images_per_second" in r else "—"
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['norm']} | {r['backend']} | {r['seed']} | "
+                     f"{r['status']} | {acc} | {r.get('best_epoch', '—')} | {ips} |")
+    return "\n".join(lines)
