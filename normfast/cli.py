@@ -175,5 +175,76 @@ def sweep(grid, model, dataset, norm, backend, seeds, shard, epochs, device, run
         sys.exit(1)
 
 
+@main.group()
+def bench():
+    """Throughput benchmarks: loaders alone, or training against the model-bound ceiling."""
+
+
+def _write_bench_json(path, records):
+    from normfast.bench import machine
+    from normfast.manifest import write_json_atomic
+    if path:
+        write_json_atomic(Path(path), {"machine": machine(), "records": records})
+        click.echo(f"wrote {path}")
+
+
+@bench.command("loaders")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
+@click.option("--backend", default="dali,ffcv,resident,torch", show_default=True)
+@click.option("--norm", default="finetune,pretrain,instance,minmax", show_default=True)
+@click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
+@click.option("--dtype", default="float32", show_default=True, help="float32 | float16 | bfloat16.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--epochs", default=1, show_default=True, help="Timed epochs after one warm-up epoch.")
+@click.option("--max-batches", type=int, help="Cap batches per epoch (quick runs).")
+@click.option("--num-workers", default=2, show_default=True, help="Worker threads/processes per loader.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the records as JSON.")
+def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, max_batches, num_workers, json_path):
+    """Images/s of augmented, normalized batches on the device, per backend and setting,
+    with CPU seconds per 1,000 images."""
+    from normfast.bench import bench_loaders, format_loader_table
+    records = bench_loaders(data, backend, norm, device, dtype, batch_size, epochs, max_batches,
+                            num_workers, echo=click.echo)
+    click.echo(format_loader_table(records))
+    _write_bench_json(json_path, records)
+
+
+@bench.command("train")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
+@click.option("--backend", default="dali,ffcv,resident,torch", show_default=True)
+@click.option("--model", default="resnet18", show_default=True, help="Comma-separated models.")
+@click.option("--compile", "compiles", default="none", show_default=True, help="Comma-separated: none, default, cudagraphs.")
+@click.option("--norm", default="finetune", show_default=True)
+@click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
+@click.option("--amp", default="auto", show_default=True, help="auto | bf16 | fp16 | off.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--steps", default=20, show_default=True, help="Timed steps per repeat.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed steps first.")
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--num-workers", default=2, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the records as JSON.")
+def bench_train_cmd(data, backend, model, compiles, norm, device, amp, batch_size, steps, warmup, repeats,
+                    num_workers, json_path):
+    """Training images/s per backend x model x compile mode beside the model-bound ceiling
+    (the same step on a batch already on the device); prints a markdown table."""
+    from normfast.bench import bench_train, format_train_table
+    records = bench_train(data, backend, model, compiles, norm, device, amp, batch_size, steps, warmup,
+                          repeats, num_workers, echo=click.echo)
+    click.echo(format_train_table(records))
+    _write_bench_json(json_path, records)
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(path_type=Path),
+              help="Where the data, runs, benchmarks and report go.")
+@click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
+def demo(out, device):
+    """Run the main job on the built-in synthetic dataset: convert, stats, a short training
+    run per normalization setting, throughput benchmarks, and the report (configs/demo.yaml).
+    Finished steps are reused, so running it again is fast."""
+    from normfast.demo import run_demo
+    run_demo(out, device, echo=click.echo)
+
+
 if __name__ == "__main__":
     main()

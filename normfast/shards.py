@@ -50,6 +50,9 @@ class ShardReader:
         self.ext = {"raw": "raw", "png": "png", "jpg": "jpg"}[self.encoding]
         self.locations = []   # (shard index, image offset, size, label offset)
         self.shards = [self.root / s for s in info["shards"]]
+        for path in self.shards + [self.root / i for i in info["indexes"]]:
+            if not path.is_file():
+                raise NormfastError(f"{path}: missing; reconvert with `normfast convert ... --force`")
         for k, idx in enumerate(info["indexes"]):
             for s in parse_dali_index(self.root / idx):
                 off, size = s[self.ext]

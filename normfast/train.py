@@ -139,6 +139,18 @@ class Trainer:
                 "config": asdict(self.cfg), "weights": self.weights}
 
     # ------------------------------------------------------------------ epochs
+    def step(self, x: torch.Tensor, y: torch.Tensor, train: bool = True):
+        """One forward (and, when training, backward + optimizer) step; returns (loss, logits)."""
+        with self.autocast:
+            out = self.step_model(x)
+            loss = loss_fn(out.float(), y)
+        if train:
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        return loss, out
+
     def run_epoch(self, epoch: int, train: bool) -> dict:
         loader = self.train_loader if train else self.test_loader
         loader.set_epoch(epoch)
@@ -161,14 +173,8 @@ class Trainer:
                 if batch is None:
                     break
                 x, y = batch
-                with self.autocast:
-                    out = self.step_model(x)
-                    loss = loss_fn(out.float(), y)
+                loss, out = self.step(x, y, train)
                 if train:
-                    self.opt.zero_grad(set_to_none=True)
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.opt)
-                    self.scaler.update()
                     finite &= torch.isfinite(loss)
                     self._debug_step(epoch, steps, y)
                 loss_sum += loss.detach().double() * len(y)

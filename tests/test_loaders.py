@@ -1,4 +1,8 @@
-"""The DALI backend against the loader contract and the float64 reference (CPU pipelines)."""
+"""Every backend against the loader contract and the float64 reference (CPU by default).
+
+Each test runs once per backend (the `backend` fixture); the fixtures are written with the
+shard writer (and FFCV's writer), so every backend reads the very same stored images.
+"""
 from __future__ import annotations
 
 import json
@@ -83,9 +87,18 @@ def stored(data_dir, split="train"):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def loader(data_dir, norm="minmax", augment=False, batch_size=128, **kw):
+BACKENDS = ["dali", "resident", "torch"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def loader(data_dir, backend, norm="minmax", augment=False, batch_size=128, **kw):
     kw.setdefault("device", "cpu")
-    return build_loader(data_dir, "train", "dali", batch_size, norm, augment, **kw)
+    kw.setdefault("num_workers", 2)
+    return build_loader(data_dir, "train", backend, batch_size, norm, augment, **kw)
 
 
 def epoch(ld):
@@ -106,9 +119,9 @@ def check_close(x: torch.Tensor, ref: np.ndarray, dtype: str):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_normalization_matches_reference(synthetic, setting, dtype):
+def test_normalization_matches_reference(synthetic, setting, dtype, backend):
     images, labels = stored(synthetic)
-    ld = loader(synthetic, setting, dtype=dtype, batch_size=256)
+    ld = loader(synthetic, backend, setting, dtype=dtype, batch_size=256)
     x, y, batches = epoch(ld)
     for xb, yb in batches:
         assert xb.dtype == getattr(torch, dtype) and xb.device.type == "cpu"
@@ -121,9 +134,9 @@ def test_normalization_matches_reference(synthetic, setting, dtype):
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_instance_constant_channels_give_zero(edge, augment):
+def test_instance_constant_channels_give_zero(edge, augment, backend):
     images, _ = stored(edge)
-    ld = loader(edge, "instance", augment=augment, batch_size=16)
+    ld = loader(edge, backend, "instance", augment=augment, batch_size=16)
     x, y, _ = epoch(ld)
     assert not torch.isnan(x).any() and torch.isfinite(x).all()
     if not augment:
@@ -151,10 +164,10 @@ def infer_augmentation(out_u8: np.ndarray, src: np.ndarray) -> tuple[np.ndarray,
     return offsets, flips
 
 
-def test_augmentation_offsets_flips_and_padding(synthetic):
+def test_augmentation_offsets_flips_and_padding(synthetic, backend):
     images, labels = stored(synthetic)
     n = len(images)
-    x, y, _ = epoch(loader(synthetic, "minmax", augment=True, seed=5, batch_size=200))
+    x, y, _ = epoch(loader(synthetic, backend, "minmax", augment=True, seed=5, batch_size=200))
     assert np.array_equal(y.numpy(), labels)
     out = np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
     offsets, flips = infer_augmentation(out, images)
@@ -169,15 +182,15 @@ def test_augmentation_offsets_flips_and_padding(synthetic):
     augmented = reference_augment(images, offsets, flips)
     for setting, dtype in (("finetune", "float32"), ("pretrain", "float16"), ("instance", "float32"),
                            ("instance", "bfloat16")):
-        ld = loader(synthetic, setting, augment=True, seed=5, batch_size=200, dtype=dtype)
+        ld = loader(synthetic, backend, setting, augment=True, seed=5, batch_size=200, dtype=dtype)
         xs, ys, _ = epoch(ld)
         assert np.array_equal(ys.numpy(), labels)
         check_close(xs, reference_normalize(augmented, ld.cfg.spec), dtype)
     assert n == 600
 
 
-def test_labels_follow_images_under_shuffle_and_augment(edge):
-    x, y, _ = epoch(loader(edge, "minmax", augment=True, shuffle=True, seed=1, batch_size=8))
+def test_labels_follow_images_under_shuffle_and_augment(edge, backend):
+    x, y, _ = epoch(loader(edge, backend, "minmax", augment=True, shuffle=True, seed=1, batch_size=8))
     assert sorted(y.tolist()) == list(range(EDGE_N))
     # output pixel (8, 8) always comes from inside the 16x16 image (|offset - PAD| <= 4)
     assert torch.equal(torch.round(x[:, 0, 8, 8] * 255).long(), y + 1)
@@ -185,16 +198,16 @@ def test_labels_follow_images_under_shuffle_and_augment(edge):
 
 # ---------------------------------------------------------------- epochs, order, sharding
 
-def test_seed_fixes_order_and_augmentation_per_epoch(synthetic):
+def test_seed_fixes_order_and_augmentation_per_epoch(synthetic, backend):
     kw = dict(norm="finetune", augment=True, shuffle=True, batch_size=64)
-    a, b = loader(synthetic, seed=3, **kw), loader(synthetic, seed=3, **kw)
+    a, b = loader(synthetic, backend, seed=3, **kw), loader(synthetic, backend, seed=3, **kw)
     a0, b0 = next(iter(a)), next(iter(b))
     assert torch.equal(a0[0], b0[0]) and torch.equal(a0[1], b0[1])
-    _, ya0, _ = epoch(loader(synthetic, seed=3, **kw))
-    first = loader(synthetic, seed=3, **kw)
+    _, ya0, _ = epoch(loader(synthetic, backend, seed=3, **kw))
+    first = loader(synthetic, backend, seed=3, **kw)
     epoch(first)
     xa1, ya1, _ = epoch(first)                     # epoch 1 after epoch 0
-    jump = loader(synthetic, seed=3, **kw)
+    jump = loader(synthetic, backend, seed=3, **kw)
     jump.set_epoch(1)
     xj1, yj1, _ = epoch(jump)                       # epoch 1 directly (a resumed run)
     assert torch.equal(xa1, xj1) and torch.equal(ya1, yj1)
@@ -202,7 +215,7 @@ def test_seed_fixes_order_and_augmentation_per_epoch(synthetic):
     # the pipeline started ahead for epoch 2 must not leak into a jump or a broken-off epoch
     first.set_epoch(5)
     x5, y5, _ = epoch(first)
-    fresh = loader(synthetic, seed=3, **kw)
+    fresh = loader(synthetic, backend, seed=3, **kw)
     fresh.set_epoch(5)
     assert torch.equal(x5, epoch(fresh)[0])
     it = iter(fresh)                                # epoch 6, broken off after one batch
@@ -211,20 +224,20 @@ def test_seed_fixes_order_and_augmentation_per_epoch(synthetic):
     x7, _, _ = epoch(fresh)
     jump.set_epoch(7)
     assert torch.equal(x7, epoch(jump)[0])
-    _, yc0, _ = epoch(loader(synthetic, seed=4, **kw))
+    _, yc0, _ = epoch(loader(synthetic, backend, seed=4, **kw))
     assert not torch.equal(ya0, yc0)
     assert sorted(ya1.tolist()) == sorted(ya0.tolist())
 
 
-def test_no_shuffle_is_stored_order_every_epoch(edge):
-    ld = loader(edge, batch_size=7)
+def test_no_shuffle_is_stored_order_every_epoch(edge, backend):
+    ld = loader(edge, backend, batch_size=7)
     for _ in range(2):
         _, y, batches = epoch(ld)
         assert y.tolist() == list(range(EDGE_N)) and len(batches) == 9
 
 
-def test_shuffle_visits_every_sample_once(edge):
-    ld = loader(edge, shuffle=True, augment=True, batch_size=7, seed=11)
+def test_shuffle_visits_every_sample_once(edge, backend):
+    ld = loader(edge, backend, shuffle=True, augment=True, batch_size=7, seed=11)
     orders = []
     for _ in range(3):
         x, y, batches = epoch(ld)
@@ -236,11 +249,11 @@ def test_shuffle_visits_every_sample_once(edge):
     assert orders[0] != list(range(EDGE_N))
 
 
-def test_shuffle_is_a_full_permutation(indexed):
+def test_shuffle_is_a_full_permutation(indexed, backend):
     """Not a local shuffle from a small buffer: any sample can come first, on every rank."""
     for rank, world_size in ((0, 1), (1, 2)):
         start, stop = shard_bounds(2500, rank, world_size)
-        ld = loader(indexed, shuffle=True, rank=rank, world_size=world_size, batch_size=500, seed=4)
+        ld = loader(indexed, backend, shuffle=True, rank=rank, world_size=world_size, batch_size=500, seed=4)
         x, _, _ = epoch(ld)
         pix = torch.round(x * 255).long()
         idx = (pix[:, 0, 0, 0] * 256 + pix[:, 1, 0, 0]).numpy()
@@ -250,8 +263,8 @@ def test_shuffle_is_a_full_permutation(indexed):
         assert first.max() - start > 0.8 * (stop - start)
 
 
-def test_drop_last(edge):
-    ld = loader(edge, shuffle=True, drop_last=True, batch_size=16, seed=2)
+def test_drop_last(edge, backend):
+    ld = loader(edge, backend, shuffle=True, drop_last=True, batch_size=16, seed=2)
     assert len(ld) == 3 and ld.num_samples == 48
     for _ in range(2):
         _, y, batches = epoch(ld)
@@ -260,11 +273,11 @@ def test_drop_last(edge):
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 7])
-def test_ranks_are_disjoint_and_complete(edge, world_size):
+def test_ranks_are_disjoint_and_complete(edge, world_size, backend):
     for shuffle in (False, True):
         seen = []
         for rank in range(world_size):
-            ld = loader(edge, shuffle=shuffle, rank=rank, world_size=world_size, batch_size=4, seed=9)
+            ld = loader(edge, backend, shuffle=shuffle, rank=rank, world_size=world_size, batch_size=4, seed=9)
             _, y, _ = epoch(ld)
             assert len(y) == ld.num_samples == ld.shard_count
             start, stop = shard_bounds(EDGE_N, rank, world_size)
@@ -278,19 +291,19 @@ def test_ranks_are_disjoint_and_complete(edge, world_size):
 # ---------------------------------------------------------------- encodings, readback, errors
 
 @pytest.mark.parametrize("encoding", ["png", "jpg"])
-def test_encoded_shards_load(tmp_path, encoding):
+def test_encoded_shards_load(tmp_path, encoding, backend):
     out = tmp_path / encoding
     convert(ConvertConfig(source="synthetic", out=out, limit=48, formats=("dali",),
                           encoding=encoding, quiet=True))
     images, labels = stored(out)      # PIL decode
-    x, y, _ = epoch(loader(out, batch_size=20))
+    x, y, _ = epoch(loader(out, backend, batch_size=20))
     assert np.array_equal(y.numpy(), labels)
     got = np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.int16)
     if encoding == "png":
         assert np.array_equal(got, images)
     else:   # libjpeg-turbo vs PIL: the same decoder family, tiny rounding differences at most
         assert np.abs(got - images).mean() < 1.0
-    xa, ya, _ = epoch(loader(out, "finetune", augment=True, batch_size=20, shuffle=True))
+    xa, ya, _ = epoch(loader(out, backend, "finetune", augment=True, batch_size=20, shuffle=True))
     assert xa.shape == (48, 3, 32, 32) and sorted(ya.tolist()) == sorted(labels.tolist())
 
 
@@ -303,22 +316,22 @@ def test_uint8_readback(edge, synthetic):
         assert np.array_equal(np.concatenate([b[1] for b in batches]), labels)
 
 
-def test_missing_shard_is_a_clear_error(tmp_path):
+def test_missing_shard_is_a_clear_error(tmp_path, backend):
     out = tmp_path / "d"
     convert(ConvertConfig(source="synthetic", out=out, limit=10, formats=("dali",), quiet=True))
     (out / "dali" / "train-00000.tar").unlink()
     with pytest.raises(NormfastError, match="train-00000.tar"):
-        loader(out)
+        loader(out, backend)
 
 
 # ---------------------------------------------------------------- GPU
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_cuda_matches_reference(synthetic, dtype):
+def test_cuda_matches_reference(synthetic, dtype, backend):
     images, labels = stored(synthetic)
     for setting in ("finetune", "instance"):
-        ld = loader(synthetic, setting, device="cuda", dtype=dtype, batch_size=256)
+        ld = loader(synthetic, backend, setting, device="cuda", dtype=dtype, batch_size=256)
         x, y, batches = epoch(ld)
         xb = batches[0][0]
         assert xb.device.type == "cuda" and y.device.type == "cuda" and y.dtype == torch.int64
@@ -326,9 +339,9 @@ def test_cuda_matches_reference(synthetic, dtype):
         assert np.array_equal(y.cpu().numpy(), labels)
         check_close(x.cpu(), reference_normalize(images, ld.cfg.spec), dtype)
     # augmentation on the GPU: same checks as on the CPU
-    x, y, _ = epoch(loader(synthetic, "minmax", augment=True, device="cuda", seed=5, batch_size=200))
+    x, y, _ = epoch(loader(synthetic, backend, "minmax", augment=True, device="cuda", seed=5, batch_size=200))
     out = np.rint(x.cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
     offsets, flips = infer_augmentation(out, images)
     assert len(np.unique(offsets[:, 0])) == 2 * PAD + 1 and 0.4 < flips.mean() < 0.6
-    _, ys, _ = epoch(loader(synthetic, "finetune", augment=True, shuffle=True, device="cuda", seed=1))
+    _, ys, _ = epoch(loader(synthetic, backend, "finetune", augment=True, shuffle=True, device="cuda", seed=1))
     assert sorted(ys.tolist()) == sorted(labels.tolist())

@@ -1,0 +1,191 @@
+"""`normfast bench`: honest throughput numbers.
+
+- loaders: images/s of fully augmented and normalized batches delivered on the device
+  (synchronized), per backend and setting, and CPU seconds spent per 1,000 images
+  (this process, its threads and its worker processes). The first epoch is a warm-up
+  (FFCV compiles with numba, DALI builds its pipeline) and is not counted.
+- train: per backend x model x compile mode, the model-bound ceiling (the same training
+  step fed one batch that already sits on the device) and the end-to-end images/s with the
+  real backend, measured in the same process; efficiency = end-to-end / ceiling.
+Timing is synchronized on CUDA, warm-up is excluded, repeats give a median and a spread.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+from normfast.errors import NormfastError
+from normfast.loaders import backends, build_loader, resolve_device
+from normfast.normalization import settings
+from normfast.registry import parse_list
+
+
+def machine() -> dict:
+    import numpy
+    import torchvision
+    info = {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
+            "cpu": _cpu_name(), "cpus": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    for mod, name in (("nvidia.dali", "dali"), ("ffcv", "ffcv")):
+        try:
+            from importlib.metadata import version
+            info[name] = version({"dali": "nvidia-dali-cuda120", "ffcv": "ffcv"}[name])
+        except Exception:  # noqa: BLE001 - not installed
+            info[name] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_seconds() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- loaders
+
+def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str = "float32",
+                  batch_size: int = 256, epochs: int = 1, max_batches: int | None = None,
+                  num_workers: int = 2, echo=print) -> list[dict]:
+    device = resolve_device(device)
+    records = []
+    for backend in parse_list(backends_, backends):
+        for norm in parse_list(norms, settings):
+            loader = build_loader(data_dir, "train", backend, batch_size, norm, augment=True,
+                                  device=device, dtype=dtype, seed=0, shuffle=True,
+                                  num_workers=num_workers)
+            for _ in _take(loader, max_batches):          # warm-up epoch: compile, caches
+                pass
+            sync(device)
+            images, cpu0, t0 = 0, cpu_seconds(), time.perf_counter()
+            for _ in range(epochs):
+                for x, _ in _take(loader, max_batches):
+                    images += x.shape[0]
+            sync(device)
+            seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+            rec = {"backend": backend, "norm": norm, "device": str(device), "dtype": dtype,
+                   "batch_size": batch_size, "images": images, "seconds": seconds,
+                   "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000}
+            echo(f"{backend:9s} {norm:9s} {rec['images_per_second']:10.0f} img/s  "
+                 f"{rec['cpu_seconds_per_1000']:.3f} CPU s/1000 img")
+            records.append(rec)
+            del loader
+    return records
+
+
+def _take(loader, max_batches):
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        yield batch
+
+
+def format_loader_table(records: list[dict]) -> str:
+    base = {r["norm"]: r["images_per_second"] for r in records if r["backend"] == "torch"}
+    lines = ["| backend | norm | device | images/s | × torch | CPU s / 1000 img |", "|---|---|---|---|---|---|"]
+    for r in records:
+        ratio = f"{r['images_per_second'] / base[r['norm']]:.1f}×" if r["norm"] in base else "—"
+        lines.append(f"| {r['backend']} | {r['norm']} | {r['device']} | {r['images_per_second']:,.0f} | "
+                     f"{ratio} | {r['cpu_seconds_per_1000']:.3f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- training
+
+def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", norm: str = "finetune",
+                device=None, amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5,
+                repeats: int = 3, num_workers: int = 2, echo=print) -> list[dict]:
+    from normfast.config import resolve_train_config
+    from normfast.models import models
+    from normfast.train import Trainer
+    if steps < 1 or warmup < 0 or repeats < 1:
+        raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
+    records = []
+    for model in parse_list(models_, models):
+        for compile_mode in [c.strip() for c in compiles.split(",") if c.strip()]:
+            for backend in parse_list(backends_, backends):
+                cfg = resolve_train_config(None, data=str(data_dir), model=model, backend=backend, norm=norm,
+                                           batch_size=batch_size, amp=amp, compile=compile_mode,
+                                           device=device or "auto", num_workers=num_workers, quiet=True)
+                trainer = Trainer(cfg)
+                trainer.build()
+                rec = _bench_one(trainer, steps, warmup, repeats)
+                rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
+                        "device": str(trainer.device), "amp": trainer.amp, "batch_size": batch_size,
+                        "image_shape": trainer.manifest["image_shape"]}
+                echo(f"{model:11s} {compile_mode:10s} {backend:9s} ceiling {rec['ceiling_images_per_second']:9.0f}  "
+                     f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
+                     f"data wait {rec['data_wait_fraction']:.0%}")
+                records.append(rec)
+                del trainer
+    return records
+
+
+def _bench_one(trainer, steps: int, warmup: int, repeats: int) -> dict:
+    device = trainer.device
+    stream = _endless(trainer.train_loader)
+    x0, y0 = next(stream)
+    x0, y0 = x0.clone(), y0.clone()
+    ceil, e2e, waits = [], [], []
+    for _ in range(warmup):
+        trainer.step(x0, y0)
+    for _ in range(warmup):
+        trainer.step(*next(stream))
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step(x0, y0)
+        sync(device)
+        ceil.append(steps * len(y0) / (time.perf_counter() - t0))
+        images, wait = 0, 0.0
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            t1 = time.perf_counter()
+            x, y = next(stream)
+            wait += time.perf_counter() - t1
+            trainer.step(x, y)
+            images += len(y)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        e2e.append(images / seconds)
+        waits.append(wait / seconds)
+    c, e = statistics.median(ceil), statistics.median(e2e)
+    return {"ceiling_images_per_second": c, "ceiling_spread": (max(ceil) - min(ceil)) / c,
+            "images_per_second": e, "spread": (max(e2e) - min(e2e)) / e, "efficiency": e / c,
+            "data_wait_fraction": statistics.median(waits), "steps": steps, "repeats": repeats}
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def format_train_table(records: list[dict]) -> str:
+    lines = ["| model | compile | backend | device | amp | ceiling img/s | end-to-end img/s | efficiency | data wait | spread |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {r['device']} | {r['amp']} | "
+                     f"{r['ceiling_images_per_second']:,.0f} | {r['images_per_second']:,.0f} | "
+                     f"{r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} | ±{r['spread'] / 2:.0%} |")
+    return "\n".join(lines)

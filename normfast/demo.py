@@ -1,0 +1,87 @@
+"""`normfast demo`: the whole main job on the built-in synthetic dataset, end to end.
+
+convert -> stats -> a short training run per normalization setting -> throughput
+benchmarks -> report. Steps already done (a converted dataset, finished runs) are reused,
+so a second run is fast and changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from normfast.configs import CONFIG_DIR, load_yaml
+from normfast.normalization import SETTINGS
+
+
+def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
+    from converters.convert import ConvertConfig, convert
+    from normfast.bench import bench_loaders, bench_train, format_loader_table, format_train_table, machine
+    from normfast.config import resolve_train_config
+    from normfast.manifest import write_json_atomic
+    from normfast.report import make_report
+    from normfast.stats import format_table1, table1
+    from normfast.train import is_finished, train
+
+    plan = load_yaml(CONFIG_DIR / "demo.yaml")
+    out = Path(out)
+    data = out / "data" / plan["dataset"]["source"]
+    runs = out / "runs"
+    t_start = time.perf_counter()
+
+    echo(f"[1/5] convert {plan['dataset']['source']} -> {data}")
+    if (data / "manifest.json").exists():
+        echo("      already converted; reusing it")
+    else:
+        m = convert(ConvertConfig(source=plan["dataset"]["source"], out=data, limit=plan["dataset"]["limit"]))
+        echo(f"      {m['splits']['train']['count']} train + {m['splits']['test']['count']} test images "
+             f"in {m['seconds']:.1f} s")
+
+    echo("[2/5] stats")
+    echo(format_table1(table1(data)))
+
+    echo(f"[3/5] train {plan['train']['model']} from scratch, {plan['train']['epochs']} epochs, "
+         f"one run per normalization setting")
+    for norm in SETTINGS:
+        cfg = resolve_train_config(None, **(plan["train"] | {"data": str(data), "norm": norm, "runs": str(runs),
+                                                              "device": device or "auto"}))
+        run_dir = cfg.run_dir("synthetic")
+        if is_finished(run_dir):
+            echo(f"      {norm}: finished before; reusing {run_dir}")
+            continue
+        cfg.resume = (run_dir / "last.pt").exists()
+        best = train(cfg)
+        echo(f"      {norm}: best test accuracy {best['best_acc']:.4f} (epoch {best['best_epoch']})")
+
+    echo("[4/5] throughput benchmarks")
+    bench_dir = out / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    loaders_json = bench_dir / "loaders.json"
+    if loaders_json.exists():
+        echo("      measured before; reusing " + str(loaders_json))
+        records = json.loads(loaders_json.read_text())["records"]
+    else:
+        b = plan["bench"]
+        records = bench_loaders(data, b["loaders"], "finetune", device, max_batches=b["loader_batches"],
+                                echo=lambda s: echo("      " + s))
+        write_json_atomic(loaders_json, {"machine": machine(), "records": records})
+    echo(format_loader_table(records))
+    train_json = bench_dir / "train.json"
+    if train_json.exists():
+        echo("      measured before; reusing " + str(train_json))
+        records = json.loads(train_json.read_text())["records"]
+    else:
+        b = plan["bench"]
+        records = bench_train(data, b["train_backends"], plan["train"]["model"], device=device,
+                              batch_size=plan["train"]["batch_size"], steps=b["train_steps"],
+                              warmup=b["train_warmup"], repeats=b["train_repeats"],
+                              echo=lambda s: echo("      " + s))
+        write_json_atomic(train_json, {"machine": machine(), "records": records})
+    echo(format_train_table(records))
+
+    echo("[5/5] report")
+    report_dir = out / "report"
+    make_report(runs, report_dir)
+    echo(f"done in {time.perf_counter() - t_start:.0f} s. Report: {report_dir}/ "
+         f"(table1.md, table2.md, table3.md, figure1.png, throughput.md)")
+    return report_dir
