@@ -120,14 +120,22 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     if steps < 1 or warmup < 0 or repeats < 1:
         raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
     records = []
+    backend_names = parse_list(backends_, backends)
     for model in parse_list(models_, models):
         for compile_mode in [c.strip() for c in compiles.split(",") if c.strip()]:
-            for backend in parse_list(backends_, backends):
-                cfg = resolve_train_config(None, data=str(data_dir), model=model, backend=backend, norm=norm,
-                                           batch_size=batch_size, amp=amp, compile=compile_mode,
-                                           device=device or "auto", num_workers=num_workers, quiet=True)
-                trainer = Trainer(cfg)
-                trainer.build()
+            # one model (and one compilation) per model x compile mode; only the loader changes
+            cfg = resolve_train_config(None, data=str(data_dir), model=model, backend=backend_names[0],
+                                       norm=norm, batch_size=batch_size, amp=amp, compile=compile_mode,
+                                       device=device or "auto", num_workers=num_workers, quiet=True)
+            trainer = Trainer(cfg)
+            trainer.build()
+            for backend in backend_names:
+                if backend != trainer.cfg.backend:
+                    trainer.train_loader = None          # release the previous loader first
+                    trainer.train_loader = build_loader(
+                        data_dir, "train", backend, batch_size, norm, augment=True, device=trainer.device,
+                        dtype=trainer.in_dtype, seed=cfg.seed, shuffle=True, num_workers=num_workers)
+                    trainer.cfg.backend = backend
                 rec = _bench_one(trainer, steps, warmup, repeats)
                 rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
                         "device": str(trainer.device), "amp": trainer.amp, "batch_size": batch_size,
@@ -136,7 +144,7 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
                      f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
                      f"data wait {rec['data_wait_fraction']:.0%}")
                 records.append(rec)
-                del trainer
+            del trainer
     return records
 
 

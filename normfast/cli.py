@@ -246,5 +246,23 @@ def demo(out, device):
     run_demo(out, device, echo=click.echo)
 
 
+@main.command()
+@click.argument("runs_dir", type=click.Path(path_type=Path))
+@click.option("--out", default="report", show_default=True, type=click.Path(path_type=Path),
+              help="Directory for the report (created if missing; files in it are replaced).")
+def report(runs_dir, out):
+    """Tables 1-3, Figure 1 and throughput from RUNS_DIR (the seed's study beside ours).
+
+    Reads RUNS_DIR/<dataset>/<run>/ as `normfast train` writes them and writes OUT/index.md,
+    table1.md, table2.md, table3.md, figure1.png, throughput.md, results.csv and summary.csv.
+    Several seeds of one configuration are shown as mean ± std (n); each backend and each kind
+    of initial weights gets its own tables.
+    """
+    from normfast.report import make_report
+    paths = make_report(runs_dir, out)
+    click.echo(f"wrote {len(paths)} files to {out}: {', '.join(p.name for p in paths)}")
+    click.echo(f"start at {out / 'index.md'}")
+
+
 if __name__ == "__main__":
     main()

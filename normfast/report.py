@@ -437,7 +437,7 @@ def format_table3(groups: dict, seed: dict, section, n_sections: int = 1) -> tup
 # ---------------------------------------------------------------- table 1
 
 def _fmt_ms(mean, std, digits: int = 3) -> str:
-    f = lambda v: "(" + ", ".join(f"{x:.{digits}f}" for x in v) + ")"
+    f = lambda v: "(" + ", ".join(f"{round(x, digits) + 0.0:.{digits}f}" for x in v) + ")"   # no -0.000
     return f"mean: {f(mean)}<br>std: {f(std)}"
 
 
@@ -582,15 +582,21 @@ def plot_figure1(groups: dict, path: Path, title: str = "") -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
     datasets = order({k[0] for k in groups}, DATASETS)
     models = order({k[1] for k in groups}, MODELS)
     norms = order({k[2] for k in groups}, NORMS)
-    fig = Figure(figsize=(3.4 * len(datasets) + 0.6, 2.7 * len(models) + 0.9), dpi=110)
+    height = 2.7 * len(models) + 0.9           # inches; the top 0.8 hold the legend and title
+    fig = Figure(figsize=(3.4 * len(datasets) + 0.6, height), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(models), len(datasets), squeeze=False, sharex="col")
     for i, m in enumerate(models):
         for j, d in enumerate(datasets):
             ax = axes[i][j]
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if not any((d, m, n) in groups for n in norms):
+                ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
+                ax.set_yticks([])
             for n in norms:
                 g = groups.get((d, m, n))
                 if not g:
@@ -622,8 +628,8 @@ def plot_figure1(groups: dict, path: Path, title: str = "") -> Path:
                bbox_to_anchor=(0.5, 1.0))
     multi = any(g.n > 1 for g in groups.values())
     fig.suptitle((title + " — " if title else "") + "test accuracy per epoch"
-                 + (" (mean ± std across seeds)" if multi else ""), fontsize=10, y=0.955)
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
+                 + (" (mean ± std across seeds)" if multi else ""), fontsize=10, y=1 - 0.38 / height)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return write_atomic(path, buf.getvalue())

@@ -1,0 +1,242 @@
+"""The `ffcv` backend: FFCV's Loader reads and decodes the .beton; the shared torch op
+(`normfast.ops.BatchTransform`) augments and normalizes, on the GPU when the device is cuda.
+
+FFCV pipelines (all JIT ops come before ToTensor: a JIT op after it hangs the Loader,
+ffcv issue #396):
+
+  image: SimpleRGBImageDecoder -> ToTensor [-> ToDevice(cuda, non_blocking)]   uint8 NHWC
+  label: IntDecoder -> ToTensor [-> ToDevice] -> Squeeze                        int64 (B,)
+
+then `BatchTransform(spec, device, dtype, augment, epoch_seed(seed, epoch, rank))`: zero-pad
+PAD, crop at offsets 0..2*PAD, flip with p=0.5, normalize -> NCHW channels-last in `dtype`.
+
+Order: FFCV's traversal order is replaced by the contract's `epoch_order` (the same
+permutation the `resident` backend uses), so with the same seed this backend yields the
+same batches as `resident`, epoch e depends only on (seed, e), and rank r reads only its
+block `shard_bounds(n, r, w)` (passed to FFCV as `indices`; no torch.distributed needed).
+
+`extra["ffcv_augment"] == "ffcv"`: FFCV's own RandomHorizontalFlip + RandomTranslate (CPU,
+JIT, before ToTensor) do the augmentation and the torch op only normalizes. Faster on a CPU
+but NOT reproducible: FFCV draws from numba's per-thread RNG, seeded from OS entropy, so
+the same seed gives different crops/flips each run (the order is still seeded). It also
+costs a second ~10 s numba compile per Loader.
+
+FFCV side effects contained here: importing ffcv, constructing a Loader and starting an
+epoch each call torch.set_num_threads (to 1 / num_workers); `keep_torch_threads` restores
+the caller's count. FFCV hands out views of round-robin buffers; the torch op copies them.
+An epoch broken off early stops FFCV's producer thread (`stop_epoch`) instead of leaking it.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from normfast.errors import NormfastError
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, shard_bounds
+from normfast.manifest import require_format
+from normfast.normalization import PAD
+from normfast.ops import BatchTransform
+
+AUGMENT_MODES = ("torch", "ffcv")   # extra["ffcv_augment"]; default torch (seeded)
+BATCHES_AHEAD = 3
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Undo any torch.set_num_threads done inside (FFCV does one on import, Loader(), iter())."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def _ffcv():
+    """The ffcv names we use, imported lazily (the import takes seconds)."""
+    with keep_torch_threads():
+        from ffcv import transforms
+        from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+    return Loader, OrderOption, SimpleRGBImageDecoder, IntDecoder, transforms
+
+
+def max_workers() -> int:
+    """numba refuses more threads than NUMBA_NUM_THREADS (the core count by default)."""
+    try:
+        import numba
+        return max(1, int(numba.config.NUMBA_NUM_THREADS))
+    except ImportError:   # pragma: no cover - ffcv depends on numba
+        return 1 << 30
+
+
+class ContractOrder:
+    """Stands in for FFCV's TraversalOrder: epoch e visits `epoch_order(n, seed, e, ...)`."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
+        return order.astype(np.uint64)   # FFCV's own index dtype
+
+
+def beton_path(data_dir, manifest: dict, split: str) -> Path:
+    root = Path(data_dir)
+    require_format(manifest, root, "ffcv")
+    if split not in manifest["splits"]:
+        raise NormfastError(f"{root}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
+    info = manifest["splits"][split].get("formats", {}).get("ffcv")
+    if info is None:
+        raise NormfastError(f"{root}: split {split!r} has no ffcv file in manifest.json")
+    path = root / manifest["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
+    if not path.is_file():
+        raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
+    return path
+
+
+class FfcvStream:
+    """One FFCV Loader over `order`'s block of a .beton. `epoch(e)` yields (uint8 NHWC images,
+    int64 (B,) labels) on `device`: views into FFCV's buffers, valid until the next batch or two.
+
+    `ffcv_augment`: FFCV's flip + translate (unseeded) before ToTensor.
+    """
+
+    def __init__(self, path, batch_size: int, order: ContractOrder, *, drop_last: bool,
+                 ffcv_augment: bool = False, device=torch.device("cpu"), num_workers: int = 2,
+                 expected_count: int | None = None):
+        Loader, OrderOption, SimpleRGBImageDecoder, IntDecoder, T = _ffcv()
+        self.device = torch.device(device)
+        self.order = order
+        image = [SimpleRGBImageDecoder()]
+        if ffcv_augment:
+            image += [T.RandomHorizontalFlip(0.5), T.RandomTranslate(padding=PAD, fill=(0, 0, 0))]
+        image += [T.ToTensor()]
+        label = [IntDecoder(), T.ToTensor()]
+        if self.device.type == "cuda":   # on the CPU ToDevice would only add a copy
+            image += [T.ToDevice(self.device, non_blocking=True)]
+            label += [T.ToDevice(self.device, non_blocking=True)]
+        label += [T.Squeeze()]
+        start, stop = shard_bounds(order.n, order.rank, order.world_size)
+        with keep_torch_threads():
+            try:
+                self.loader = Loader(str(path), batch_size=batch_size,
+                                     num_workers=max(1, min(num_workers, max_workers())),
+                                     os_cache=True, order=OrderOption.SEQUENTIAL, seed=0,
+                                     indices=np.arange(start, stop, dtype=np.uint64),
+                                     pipelines={"image": image, "label": label},
+                                     drop_last=drop_last, batches_ahead=BATCHES_AHEAD)
+            except (OSError, ValueError, AssertionError) as e:
+                raise NormfastError(f"{path}: FFCV cannot read it ({e}); re-run `normfast convert`") from None
+        fields = set(self.loader.reader.handlers)
+        if not {"image", "label"} <= fields:
+            raise NormfastError(f"{path}: has fields {sorted(fields)}, expected image and label")
+        count = self.loader.reader.num_samples
+        if expected_count is not None and count != expected_count:
+            raise NormfastError(f"{path}: holds {count} samples, manifest.json says {expected_count}")
+        if count != order.n:
+            raise NormfastError(f"{path}: holds {count} samples, expected {order.n}")
+        self.loader.traversal_order = order
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        device_ctx = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with keep_torch_threads(), device_ctx:
+            self.loader.next_epoch = epoch      # FFCV asks the order for epoch `next_epoch`
+            it = iter(self.loader)
+        finished = False
+        try:
+            for images, labels in it:
+                yield images, labels.reshape(-1)   # Squeeze makes a batch of one a 0-d tensor
+            finished = True
+        finally:
+            if not finished:
+                stop_epoch(it)
+
+
+def stop_epoch(it) -> None:
+    """Stop FFCV's producer thread of an epoch broken off early (it would otherwise live on,
+    blocked on its full output queue, holding the epoch's buffers)."""
+    it.iter_ixes = iter(())    # no batch after the one in flight
+    it.close()                 # a put blocked on a full queue gives up within 0.5 s
+    while it.is_alive():       # ...and a final put(None) needs room: drain
+        try:
+            it.output_queue.get(timeout=0.1)
+        except queue.Empty:
+            pass
+
+
+def augment_mode(cfg: LoaderConfig) -> str:
+    mode = cfg.extra.get("ffcv_augment") or "torch"
+    if mode not in AUGMENT_MODES:
+        raise NormfastError(f"ffcv_augment {mode!r}: valid: {', '.join(AUGMENT_MODES)}")
+    return mode
+
+
+class FfcvLoader(EpochLoader):
+    def __init__(self, cfg: LoaderConfig):
+        super().__init__(cfg)
+        self.path = beton_path(cfg.data_dir, cfg.manifest, cfg.split)
+        self.device = cfg.device
+        if cfg.device.type == "cuda" and cfg.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.augment_mode = augment_mode(cfg)
+        self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
+        self.stream = None
+        if self.shard_count > 0:
+            self.stream = FfcvStream(self.path, cfg.batch_size,
+                                     ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size),
+                                     drop_last=cfg.drop_last, ffcv_augment=self.ffcv_augment,
+                                     device=self.device, num_workers=cfg.num_workers,
+                                     expected_count=cfg.count)
+            if len(self.stream) != len(self):
+                raise NormfastError(f"{self.path}: FFCV makes {len(self.stream)} batches, expected {len(self)}")
+
+    def iter_epoch(self, epoch: int):
+        cfg = self.cfg
+        if self.stream is None or len(self) == 0:
+            return
+        transform = BatchTransform(cfg.spec, self.device, cfg.dtype, cfg.augment and not self.ffcv_augment,
+                                   epoch_seed(cfg.seed, epoch, cfg.rank))
+        for images, labels in self.stream.epoch(epoch):
+            yield transform(images), labels
+
+
+def make_loader(cfg: LoaderConfig) -> FfcvLoader:
+    return FfcvLoader(cfg)
+
+
+class Uint8Loader:
+    """A .beton's uint8 images and labels through FFCV on the CPU (each pass is an epoch)."""
+
+    def __init__(self, stream: FfcvStream):
+        self.stream, self.epoch = stream, 0
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        for images, labels in self.stream.epoch(epoch):
+            yield images.clone(), labels.clone()     # FFCV reuses its buffers
+
+
+def ffcv_uint8_loader(path, batch_size: int, shuffle: bool = False, seed: int = 0,
+                      augment: bool = False, drop_last: bool = False, num_workers: int = 2) -> Uint8Loader:
+    """Iterable of (uint8 NHWC CPU tensor, int64 labels) batches of a whole .beton: stored
+    order unless `shuffle` (then `epoch_order(n, seed, e)`); `augment` applies FFCV's own
+    (unseeded) flip + translate. Used by readback/verify."""
+    path = Path(path)
+    if not path.is_file():
+        raise NormfastError(f"{path}: missing; run `normfast convert`")
+    with keep_torch_threads():
+        from ffcv.reader import Reader
+        n = Reader(str(path)).num_samples
+    return Uint8Loader(FfcvStream(path, batch_size, ContractOrder(n, seed, shuffle), drop_last=drop_last,
+                                  ffcv_augment=augment, num_workers=num_workers))
