@@ -32,12 +32,13 @@ def machine() -> dict:
             "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
             "cpu": _cpu_name(), "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    for mod, name in (("nvidia.dali", "dali"), ("ffcv", "ffcv")):
+    from importlib.metadata import PackageNotFoundError, version
+    for dist_name, module, key in (("nvidia-dali-cuda120", "nvidia.dali", "dali"), ("ffcv", "ffcv", "ffcv")):
         try:
-            from importlib.metadata import version
-            info[name] = version({"dali": "nvidia-dali-cuda120", "ffcv": "ffcv"}[name])
-        except Exception:  # noqa: BLE001 - not installed
-            info[name] = None
+            info[key] = version(dist_name)
+        except PackageNotFoundError:   # carried onto PYTHONPATH without metadata, or absent
+            import importlib.util
+            info[key] = "present (no metadata)" if importlib.util.find_spec(module) else None
     return info
 
 

@@ -46,7 +46,7 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
         cfg = resolve_train_config(None, **(plan["train"] | {"data": str(data), "norm": norm, "runs": str(runs),
                                                               "device": device or "auto"}))
         run_dir = cfg.run_dir("synthetic")
-        if is_finished(run_dir):
+        if is_finished(run_dir, cfg.epochs):
             echo(f"      {norm}: finished before; reusing {run_dir}")
             continue
         cfg.resume = (run_dir / "last.pt").exists()

@@ -79,7 +79,7 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
                          dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
                               seed=r.seed, runs=runs_root, run_name=r.run_name)))
             run_dir = cfg.run_dir(manifest["name"])
-            if is_finished(run_dir):
+            if is_finished(run_dir, cfg.epochs):
                 row["status"] = "done before"
             elif dry_run:
                 row["status"] = "to resume" if (run_dir / "last.pt").exists() else "to run"

@@ -230,6 +230,7 @@ class Trainer:
             self.opt.load_state_dict(ckpt["optimizer"])
             if self.sched and ckpt["scheduler"]:
                 self.sched.load_state_dict(ckpt["scheduler"])
+                self.sched.T_max = cfg.epochs      # a resumed run may extend the schedule
             self.scaler.load_state_dict(ckpt["scaler"])
             start, best = ckpt["epoch"] + 1, ckpt["best"]
         if self.dist.main:
@@ -293,9 +294,13 @@ def train(cfg: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
-def is_finished(run_dir: Path) -> bool:
+def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
+    """True when the run finished (all of `epochs`, when given: a longer schedule resumes)."""
     p = run_dir / "best_results.json"
-    return p.exists() and json.loads(p.read_text()).get("finished", False)
+    if not p.exists():
+        return False
+    res = json.loads(p.read_text())
+    return res.get("epochs_done", 0) >= (epochs if epochs is not None else res.get("epochs", 0))
 
 
 __all__ = ["train", "Trainer", "is_finished"]

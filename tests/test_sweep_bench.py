@@ -1,0 +1,92 @@
+"""sweep (planning, sharding, skip/resume, summary) and the benchmark commands (tiny, CPU)."""
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from converters.convert import ConvertConfig, convert
+from normfast.cli import main
+from normfast.errors import NormfastError
+from normfast.sweep import plan
+
+GRID = {"datasets": ["cifar10", "svhn"], "models": ["resnet18", "resnet50"],
+        "norms": ["finetune", "pretrain", "instance", "minmax"], "backends": ["dali"], "seeds": [223]}
+
+
+def test_plan_filters_seeds_and_shards():
+    runs = plan(GRID, {}, None, None)
+    assert len(runs) == 16 and runs[0].run_name == "resnet18-finetune-dali"
+    sub = plan(GRID, {"models": ["resnet50"], "norms": ["minmax"]}, None, None)
+    assert [(r.dataset, r.run_name) for r in sub] == [("cifar10", "resnet50-minmax-dali"), ("svhn", "resnet50-minmax-dali")]
+    seeded = plan(GRID, {"datasets": ["svhn"]}, [223, 224, 225], None)
+    assert len(seeded) == 24 and seeded[0].run_name.endswith("-s223")
+    shards = [plan(GRID, {}, None, f"{i}/3") for i in (1, 2, 3)]
+    names = [(r.dataset, r.run_name) for s in shards for r in s]
+    assert sorted(names) == sorted((r.dataset, r.run_name) for r in runs) and len(set(names)) == 16
+    for bad in ("0/3", "4/3", "x"):
+        with pytest.raises(NormfastError, match="--shard"):
+            plan(GRID, {}, None, bad)
+    with pytest.raises(NormfastError, match="not in the grid's models"):
+        plan(GRID, {"models": ["vgg"]}, None, None)
+
+
+@pytest.fixture(scope="module")
+def grid_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    convert(ConvertConfig("synthetic", root / "data" / "synthetic", limit=30, quiet=True))
+    grid = {"data_root": str(root / "data"), "runs": str(root / "runs"), "datasets": ["synthetic"],
+            "models": ["resnet18"], "norms": ["finetune", "minmax"], "backends": ["resident"],
+            "train": {"epochs": 1, "batch_size": 16, "test_batch_size": 16, "device": "cpu", "num_workers": 1}}
+    path = root / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return root, path
+
+
+def test_sweep_runs_skips_and_summarizes(grid_setup):
+    root, path = grid_setup
+    r = CliRunner().invoke(main, ["sweep", str(path), "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count(": ran\n") == 2 and "| synthetic | resnet18 | minmax | resident | 223 | ran |" in r.output
+    r = CliRunner().invoke(main, ["sweep", str(path), "-q"])
+    assert r.exit_code == 0 and r.output.count(": done before\n") == 2
+    r = CliRunner().invoke(main, ["sweep", str(path), "-q", "--epochs", "2", "--norm", "minmax"])
+    assert r.exit_code == 0, r.output
+    assert "resuming" in r.output
+    rows = (root / "runs/synthetic/resnet18-minmax-resident/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in rows] == [0, 1]
+
+
+def test_sweep_reports_missing_data_and_fails(tmp_path):
+    grid = dict(GRID, data_root=str(tmp_path / "nodata"), runs=str(tmp_path / "runs"))
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    r = CliRunner().invoke(main, ["sweep", str(path), "--model", "resnet18", "--norm", "finetune", "-q"])
+    assert r.exit_code == 1 and "failed: " in r.output and "data directory not found" in r.output
+
+
+def test_bench_loaders_json(synthetic_dir, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(main, ["bench", "loaders", "--data", str(synthetic_dir), "--backend", "resident,torch",
+                                  "--norm", "finetune,instance", "--device", "cpu", "--max-batches", "2",
+                                  "--batch-size", "64", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = json.loads(out.read_text())["records"]
+    assert [(x["backend"], x["norm"]) for x in recs] == [("resident", "finetune"), ("resident", "instance"),
+                                                          ("torch", "finetune"), ("torch", "instance")]
+    for x in recs:
+        assert {"backend", "norm", "device", "images_per_second", "cpu_seconds_per_1000"} <= set(x)
+        assert x["images"] == 128 and x["images_per_second"] > 0 and x["cpu_seconds_per_1000"] > 0
+    assert "| torch | finetune | cpu |" in r.output and "1.0×" in r.output
+
+
+def test_bench_train_table(synthetic_dir, tmp_path):
+    out = tmp_path / "t.json"
+    r = CliRunner().invoke(main, ["bench", "train", "--data", str(synthetic_dir), "--backend", "resident",
+                                  "--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1",
+                                  "--repeats", "2", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(out.read_text())["records"][0]
+    assert rec["ceiling_images_per_second"] > 0 and rec["images_per_second"] > 0
+    assert rec["efficiency"] == pytest.approx(rec["images_per_second"] / rec["ceiling_images_per_second"])
+    assert "| resnet18 | none | resident | cpu | off |" in r.output
