@@ -135,16 +135,14 @@ def write_dali(staging: StagingDataset, out_dir: Path, split: str, encoding: str
 @formats.register("ffcv")
 def write_ffcv(staging: StagingDataset, out_dir: Path, split: str, encoding: str, quality: int,
                progress=None) -> dict:
-    import torch
-    threads = torch.get_num_threads()          # importing ffcv sets torch's threads to 1
+    from normfast.ops import keep_torch_threads
     try:
-        from ffcv.fields import IntField, RGBImageField
-        from ffcv.writer import DatasetWriter
+        with keep_torch_threads():
+            from ffcv.fields import IntField, RGBImageField
+            from ffcv.writer import DatasetWriter
     except ImportError as e:
         raise NormfastError(f"the ffcv format needs the ffcv package ({e}); "
                             "install it with `bash setup.sh` or `pip install ffcv`") from None
-    finally:
-        torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     mode = "jpg" if encoding == "jpg" else "raw"       # png has no FFCV mode: raw is lossless too
     h, w, _ = staging.shape
@@ -159,7 +157,8 @@ def write_ffcv(staging: StagingDataset, out_dir: Path, split: str, encoding: str
     quiet = progress is None or progress.disable
     ffcv.writer.tqdm = functools.partial(tqdm, disable=quiet, leave=False, desc=f"{split}: ffcv", unit="img")
     try:
-        writer.from_indexed_dataset(staging, chunksize=256)
+        with keep_torch_threads():
+            writer.from_indexed_dataset(staging, chunksize=256)
     finally:
         ffcv.writer.tqdm = tqdm
     if progress is not None:

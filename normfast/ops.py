@@ -7,6 +7,8 @@ channels-last memory, which is what an NHWC tensor permuted to NCHW already is.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from normfast.normalization import INSTANCE_EPS, PAD, NormSpec
@@ -23,6 +25,18 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
         return DTYPES[aliases.get(name, name)]
     except KeyError:
         raise NormfastError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Undo any torch.set_num_threads done inside: FFCV sets it on import (to 1) and on
+    every Loader() and iter() (to its worker count), which would silently slow CPU training."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def random_crop_flip_params(n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:

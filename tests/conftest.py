@@ -1,7 +1,7 @@
-import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -17,5 +17,25 @@ def synthetic_dir(tmp_path_factory):
     return out
 
 
-def device_under_test() -> str:
-    return os.environ.get("NORMFAST_TEST_DEVICE", "cpu")
+@pytest.fixture(scope="session")
+def edge(tmp_path_factory):
+    """60 edge-case images in 9 tar shards and one .beton (see loader_checks.edge_images)."""
+    import loader_checks
+    out = tmp_path_factory.mktemp("loaders") / "edge"
+    shards = loader_checks.write_dataset(out, loader_checks.edge_images(), np.arange(loader_checks.EDGE_N), 7)
+    assert len(shards) == 9
+    return out
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory):
+    """2500 tiny images whose pixels spell their stored index (more than DALI's default
+    shuffle buffer of 1024)."""
+    import loader_checks
+    out = tmp_path_factory.mktemp("loaders") / "indexed"
+    k = np.arange(2500)
+    images = np.zeros((2500, 2, 2, 3), np.uint8)
+    images[..., 0] = (k // 256)[:, None, None]
+    images[..., 1] = (k % 256)[:, None, None]
+    loader_checks.write_dataset(out, images, k % 256, 1000)
+    return out

@@ -5,89 +5,23 @@ shard writer (and FFCV's writer), so every backend reads the very same stored im
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("nvidia.dali")
+pytest.importorskip("ffcv")
 
 from converters.convert import ConvertConfig, convert                      # noqa: E402
-from converters.formats import ShardWriter                                 # noqa: E402
+from loader_checks import (EDGE_N, check_close, check_offsets_and_flips, epoch,  # noqa: E402
+                           infer_augmentation, stored, to_u8)
 from normfast.errors import NormfastError                                  # noqa: E402
-from normfast.loaders import build_loader                                  # noqa: E402
-from normfast.loaders import shard_bounds  # noqa: E402
-from normfast.loaders.dali_backend import dali_uint8_batches  # noqa: E402
+from normfast.loaders import build_loader, shard_bounds                    # noqa: E402
+from normfast.loaders.dali_backend import dali_uint8_batches               # noqa: E402
 from normfast.manifest import load_manifest                                # noqa: E402
-from normfast.normalization import (PAD, SETTINGS, dtype_tolerance, reference_augment,  # noqa: E402
-                                    reference_normalize)
-from normfast.shards import ShardReader                                    # noqa: E402
+from normfast.normalization import PAD, SETTINGS, reference_augment, reference_normalize  # noqa: E402
 
-EDGE_N = 60
-
-
-def write_dataset(out, images, labels, shard_samples):
-    """Raw webdataset shards + a manifest for arbitrary uint8 images (labels < 256)."""
-    writer = ShardWriter(out / "dali", "train", "raw", 90, shard_samples=shard_samples)
-    for img, label in zip(images, labels):
-        writer.write(img, int(label))
-    shards = writer.close()
-    split = {"count": len(labels), "class_counts": np.bincount(labels, minlength=256).tolist(),
-             "formats": {"dali": {"shards": [f"{s}.tar" for s in shards],
-                                  "indexes": [f"{s}.idx" for s in shards]}}}
-    manifest = {"name": out.name, "classes": [str(k) for k in range(256)], "num_classes": 256,
-                "image_shape": list(images.shape[1:]), "splits": {"train": split},
-                "stats": {"mean": [0.5] * 3, "std": [0.25] * 3}, "encoding": "raw", "files": [],
-                "formats": {"dali": {"dir": "dali", "image_encoding": "raw"}}}
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return shards
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dali") / "raw"
-    convert(ConvertConfig(source="synthetic", out=out, limit=600, formats=("dali",), quiet=True))
-    return out
-
-
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory):
-    """60 images 16x16 in 9 tar shards. Channel 0 of image k is the constant k+1 and its label
-    is k (so an image can be matched to its label after augmentation); channel 2 is noise
-    spanning 0..255; every fifth image is constant in all three channels."""
-    out = tmp_path_factory.mktemp("dali") / "edge"
-    rng = np.random.default_rng(0)
-    images = np.empty((EDGE_N, 16, 16, 3), np.uint8)
-    images[..., 0] = (np.arange(EDGE_N) + 1)[:, None, None]
-    images[..., 1:] = rng.integers(0, 256, (EDGE_N, 16, 16, 2))
-    images[:, 0, 0, 2], images[:, 0, 1, 2] = 0, 255
-    images[::5, :, :, 1], images[::5, :, :, 2] = 0, 255
-    shards = write_dataset(out, images, np.arange(EDGE_N), 7)
-    assert len(shards) == 9
-    return out
-
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
-    """2500 tiny images whose pixels spell their stored index (more than DALI's default
-    shuffle buffer of 1024)."""
-    out = tmp_path_factory.mktemp("dali") / "indexed"
-    k = np.arange(2500)
-    images = np.zeros((2500, 2, 2, 3), np.uint8)
-    images[..., 0] = (k // 256)[:, None, None]
-    images[..., 1] = (k % 256)[:, None, None]
-    write_dataset(out, images, k % 256, 1000)
-    return out
-
-
-def stored(data_dir, split="train"):
-    reader = ShardReader(data_dir, load_manifest(data_dir), split)
-    images, labels = zip(*reader.batches(4096))
-    return np.concatenate(images), np.concatenate(labels)
-
-
-BACKENDS = ["dali", "resident", "torch"]
+BACKENDS = ["dali", "ffcv", "resident", "torch"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -95,24 +29,16 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def synthetic(synthetic_dir):
+    """600 synthetic 32x32 images in both formats (conftest)."""
+    return synthetic_dir
+
+
 def loader(data_dir, backend, norm="minmax", augment=False, batch_size=128, **kw):
     kw.setdefault("device", "cpu")
     kw.setdefault("num_workers", 2)
     return build_loader(data_dir, "train", backend, batch_size, norm, augment, **kw)
-
-
-def epoch(ld):
-    batches = list(ld)
-    assert len(batches) == len(ld)
-    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), batches
-
-
-def check_close(x: torch.Tensor, ref: np.ndarray, dtype: str):
-    rtol, atol = dtype_tolerance(dtype)
-    got = x.float().numpy().astype(np.float64)
-    assert not np.isnan(got).any()
-    bad = np.abs(got - ref) > atol + rtol * np.abs(ref)
-    assert not bad.any(), f"{bad.sum()} values off, max error {np.abs(got - ref).max():.3g}"
 
 
 # ---------------------------------------------------------------- normalization, no augmentation
@@ -146,23 +72,6 @@ def test_instance_constant_channels_give_zero(edge, augment, backend):
 
 
 # ---------------------------------------------------------------- augmentation
-
-def infer_augmentation(out_u8: np.ndarray, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dy, dx) and flip per image: the first of the 9x9x2 candidates equal to the output."""
-    n, h, w, _ = src.shape
-    padded = np.pad(src, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
-    offsets, flips = np.full((n, 2), -1), np.zeros(n, bool)
-    for i in range(n):
-        for flip in (False, True):
-            target = out_u8[i, :, ::-1] if flip else out_u8[i]
-            windows = np.lib.stride_tricks.sliding_window_view(padded[i], (h, w, 3))[:, :, 0]
-            hits = np.argwhere((windows == target).all(axis=(2, 3, 4)))
-            if len(hits):
-                offsets[i], flips[i] = hits[0], flip
-                break
-        assert offsets[i, 0] >= 0, f"image {i}: output is no pad+crop+flip of the stored image"
-    return offsets, flips
-
 
 def test_augmentation_offsets_flips_and_padding(synthetic, backend):
     images, labels = stored(synthetic)
@@ -293,16 +202,17 @@ def test_ranks_are_disjoint_and_complete(edge, world_size, backend):
 @pytest.mark.parametrize("encoding", ["png", "jpg"])
 def test_encoded_shards_load(tmp_path, encoding, backend):
     out = tmp_path / encoding
-    convert(ConvertConfig(source="synthetic", out=out, limit=48, formats=("dali",),
-                          encoding=encoding, quiet=True))
-    images, labels = stored(out)      # PIL decode
+    convert(ConvertConfig(source="synthetic", out=out, limit=48, encoding=encoding, quiet=True))
+    images, labels = stored(out)      # PIL decode of the shards' PNG/JPEG
     x, y, _ = epoch(loader(out, backend, batch_size=20))
     assert np.array_equal(y.numpy(), labels)
     got = np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.int16)
-    if encoding == "png":
+    if encoding == "png":     # FFCV stores png requests raw: lossless either way
         assert np.array_equal(got, images)
-    else:   # libjpeg-turbo vs PIL: the same decoder family, tiny rounding differences at most
+    elif backend != "ffcv":   # libjpeg-turbo vs PIL decoding the same JPEG: rounding at most
         assert np.abs(got - images).mean() < 1.0
+    else:                     # FFCV encodes its own JPEG (OpenCV, same quality)
+        assert np.abs(got - images).mean() < 4.0
     xa, ya, _ = epoch(loader(out, backend, "finetune", augment=True, batch_size=20, shuffle=True))
     assert xa.shape == (48, 3, 32, 32) and sorted(ya.tolist()) == sorted(labels.tolist())
 
@@ -318,9 +228,10 @@ def test_uint8_readback(edge, synthetic):
 
 def test_missing_shard_is_a_clear_error(tmp_path, backend):
     out = tmp_path / "d"
-    convert(ConvertConfig(source="synthetic", out=out, limit=10, formats=("dali",), quiet=True))
-    (out / "dali" / "train-00000.tar").unlink()
-    with pytest.raises(NormfastError, match="train-00000.tar"):
+    convert(ConvertConfig(source="synthetic", out=out, limit=10, quiet=True))
+    lost = out / "ffcv" / "train.beton" if backend == "ffcv" else out / "dali" / "train-00000.tar"
+    lost.unlink()
+    with pytest.raises(NormfastError, match=lost.name):
         loader(out, backend)
 
 

@@ -23,7 +23,7 @@ import torch
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
 from normfast.normalization import NormSpec, resolve_norm
-from normfast.ops import resolve_dtype
+from normfast.ops import keep_torch_threads, resolve_dtype
 from normfast.registry import Registry
 
 BACKENDS = {   # name -> (module, the package it needs, how to install it)
@@ -115,7 +115,8 @@ def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augm
     module, package, install = BACKENDS[backend]
     if package is not None:
         try:
-            importlib.import_module(package)
+            with keep_torch_threads():
+                importlib.import_module(package)
         except ImportError:
             raise NormfastError(f"backend {backend!r} needs the {package} package; install it with: "
                                 f"{install}") from None

@@ -18,8 +18,14 @@ block `shard_bounds(n, r, w)` (passed to FFCV as `indices`; no torch.distributed
 `extra["ffcv_augment"] == "ffcv"`: FFCV's own RandomHorizontalFlip + RandomTranslate (CPU,
 JIT, before ToTensor) do the augmentation and the torch op only normalizes. Faster on a CPU
 but NOT reproducible: FFCV draws from numba's per-thread RNG, seeded from OS entropy, so
-the same seed gives different crops/flips each run (the order is still seeded). It also
-costs a second ~10 s numba compile per Loader.
+the same seed gives different crops/flips each run (the order is still seeded). Its numba
+compile takes ~10-20 s instead of ~1 s.
+
+numba compiles FFCV's generated code on a Loader's first epoch, in every process, and
+NUMBA_CACHE_DIR does not help (FFCV neither asks for caching nor could cache its generated
+closures). So FFCV Loaders are shared (`get_stream`): loaders that differ only in
+normalization, dtype, seed or shuffle reuse one; each epoch still gets its own FFCV
+iterator, thread and buffers.
 
 FFCV side effects contained here: importing ffcv, constructing a Loader and starting an
 epoch each call torch.set_num_threads (to 1 / num_workers); `keep_torch_threads` restores
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +47,10 @@ from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, shard_bounds
 from normfast.manifest import require_format
 from normfast.normalization import PAD
-from normfast.ops import BatchTransform
+from normfast.ops import BatchTransform, keep_torch_threads
 
 AUGMENT_MODES = ("torch", "ffcv")   # extra["ffcv_augment"]; default torch (seeded)
 BATCHES_AHEAD = 3
-
-
-@contextlib.contextmanager
-def keep_torch_threads():
-    """Undo any torch.set_num_threads done inside (FFCV does one on import, Loader(), iter())."""
-    n = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
 
 
 def _ffcv():
@@ -100,18 +97,21 @@ def beton_path(data_dir, manifest: dict, split: str) -> Path:
 
 
 class FfcvStream:
-    """One FFCV Loader over `order`'s block of a .beton. `epoch(e)` yields (uint8 NHWC images,
-    int64 (B,) labels) on `device`: views into FFCV's buffers, valid until the next batch or two.
+    """One FFCV Loader over the block [start, stop) of a .beton. `epoch(e, order)` yields
+    (uint8 NHWC images, int64 (B,) labels) on `device` in `order.sample_order(e)`; the images
+    are views into FFCV's round-robin buffers, valid until the next batch or two.
 
-    `ffcv_augment`: FFCV's flip + translate (unseeded) before ToTensor.
+    The Loader's numba code is compiled on its first epoch (~1 s; ~20 s with
+    `ffcv_augment`: FFCV's flip + translate, unseeded, before ToTensor) and never cached on
+    disk, so streams are shared (`get_stream`): loaders that differ only in normalization,
+    dtype, seed or shuffle reuse one. Each epoch gets its own FFCV iterator and buffers.
     """
 
-    def __init__(self, path, batch_size: int, order: ContractOrder, *, drop_last: bool,
+    def __init__(self, path, batch_size: int, start: int, stop: int, *, drop_last: bool,
                  ffcv_augment: bool = False, device=torch.device("cpu"), num_workers: int = 2,
                  expected_count: int | None = None):
         Loader, OrderOption, SimpleRGBImageDecoder, IntDecoder, T = _ffcv()
         self.device = torch.device(device)
-        self.order = order
         image = [SimpleRGBImageDecoder()]
         if ffcv_augment:
             image += [T.RandomHorizontalFlip(0.5), T.RandomTranslate(padding=PAD, fill=(0, 0, 0))]
@@ -121,7 +121,6 @@ class FfcvStream:
             image += [T.ToDevice(self.device, non_blocking=True)]
             label += [T.ToDevice(self.device, non_blocking=True)]
         label += [T.Squeeze()]
-        start, stop = shard_bounds(order.n, order.rank, order.world_size)
         with keep_torch_threads():
             try:
                 self.loader = Loader(str(path), batch_size=batch_size,
@@ -135,29 +134,61 @@ class FfcvStream:
         fields = set(self.loader.reader.handlers)
         if not {"image", "label"} <= fields:
             raise NormfastError(f"{path}: has fields {sorted(fields)}, expected image and label")
-        count = self.loader.reader.num_samples
-        if expected_count is not None and count != expected_count:
-            raise NormfastError(f"{path}: holds {count} samples, manifest.json says {expected_count}")
-        if count != order.n:
-            raise NormfastError(f"{path}: holds {count} samples, expected {order.n}")
-        self.loader.traversal_order = order
+        self.count = self.loader.reader.num_samples
+        if expected_count is not None and self.count != expected_count:
+            raise NormfastError(f"{path}: holds {self.count} samples, manifest.json says {expected_count}")
+        self.block = (start, stop)
+        self.lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int):
+    def epoch(self, epoch: int, order: ContractOrder):
+        if shard_bounds(order.n, order.rank, order.world_size) != self.block:
+            raise ValueError("order is not over this stream's block")
         device_ctx = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
-        with keep_torch_threads(), device_ctx:
-            self.loader.next_epoch = epoch      # FFCV asks the order for epoch `next_epoch`
+        with self.lock, keep_torch_threads(), device_ctx:
+            self.loader.traversal_order = order   # FFCV asks it for epoch `next_epoch`'s order
+            self.loader.next_epoch = epoch
             it = iter(self.loader)
         finished = False
         try:
             for images, labels in it:
-                yield images, labels.reshape(-1)   # Squeeze makes a batch of one a 0-d tensor
+                # labels are copied (tiny); Squeeze makes a batch of one a 0-d tensor
+                yield images, labels.reshape(-1).clone()
             finished = True
         finally:
             if not finished:
                 stop_epoch(it)
+
+
+_STREAMS: OrderedDict = OrderedDict()   # key -> FfcvStream, least recently used first
+_STREAMS_KEPT = 8
+_STREAMS_LOCK = threading.Lock()
+
+
+def get_stream(path, batch_size: int, start: int, stop: int, *, drop_last: bool, ffcv_augment: bool = False,
+               device=torch.device("cpu"), num_workers: int = 2, expected_count: int | None = None) -> FfcvStream:
+    """A cached FfcvStream (a rewritten .beton gets a new one: the key has its inode/size/mtime)."""
+    st = Path(path).stat()
+    device = torch.device(device)
+    num_workers = max(1, min(num_workers, max_workers()))
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, batch_size, start, stop,
+           bool(drop_last), bool(ffcv_augment), str(device), num_workers)
+    with _STREAMS_LOCK:
+        stream = _STREAMS.get(key)
+        if stream is not None:
+            _STREAMS.move_to_end(key)
+    if stream is None:
+        stream = FfcvStream(path, batch_size, start, stop, drop_last=drop_last, ffcv_augment=ffcv_augment,
+                            device=device, num_workers=num_workers)
+        with _STREAMS_LOCK:
+            stream = _STREAMS.setdefault(key, stream)
+            while len(_STREAMS) > _STREAMS_KEPT:
+                _STREAMS.popitem(last=False)
+    if expected_count is not None and stream.count != expected_count:
+        raise NormfastError(f"{path}: holds {stream.count} samples, manifest.json says {expected_count}")
+    return stream
 
 
 def stop_epoch(it) -> None:
@@ -188,13 +219,13 @@ class FfcvLoader(EpochLoader):
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.augment_mode = augment_mode(cfg)
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
+        self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size)
         self.stream = None
         if self.shard_count > 0:
-            self.stream = FfcvStream(self.path, cfg.batch_size,
-                                     ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size),
-                                     drop_last=cfg.drop_last, ffcv_augment=self.ffcv_augment,
-                                     device=self.device, num_workers=cfg.num_workers,
-                                     expected_count=cfg.count)
+            start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
+            self.stream = get_stream(self.path, cfg.batch_size, start, stop, drop_last=cfg.drop_last,
+                                     ffcv_augment=self.ffcv_augment, device=self.device,
+                                     num_workers=cfg.num_workers, expected_count=cfg.count)
             if len(self.stream) != len(self):
                 raise NormfastError(f"{self.path}: FFCV makes {len(self.stream)} batches, expected {len(self)}")
 
@@ -204,7 +235,7 @@ class FfcvLoader(EpochLoader):
             return
         transform = BatchTransform(cfg.spec, self.device, cfg.dtype, cfg.augment and not self.ffcv_augment,
                                    epoch_seed(cfg.seed, epoch, cfg.rank))
-        for images, labels in self.stream.epoch(epoch):
+        for images, labels in self.stream.epoch(epoch, self.order):
             yield transform(images), labels
 
 
@@ -215,16 +246,16 @@ def make_loader(cfg: LoaderConfig) -> FfcvLoader:
 class Uint8Loader:
     """A .beton's uint8 images and labels through FFCV on the CPU (each pass is an epoch)."""
 
-    def __init__(self, stream: FfcvStream):
-        self.stream, self.epoch = stream, 0
+    def __init__(self, stream: FfcvStream, order: ContractOrder):
+        self.stream, self.order, self.epoch = stream, order, 0
 
     def __len__(self) -> int:
         return len(self.stream)
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        for images, labels in self.stream.epoch(epoch):
-            yield images.clone(), labels.clone()     # FFCV reuses its buffers
+        for images, labels in self.stream.epoch(epoch, self.order):
+            yield images.clone(), labels     # FFCV reuses its image buffers
 
 
 def ffcv_uint8_loader(path, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -238,5 +269,6 @@ def ffcv_uint8_loader(path, batch_size: int, shuffle: bool = False, seed: int = 
     with keep_torch_threads():
         from ffcv.reader import Reader
         n = Reader(str(path)).num_samples
-    return Uint8Loader(FfcvStream(path, batch_size, ContractOrder(n, seed, shuffle), drop_last=drop_last,
-                                  ffcv_augment=augment, num_workers=num_workers))
+    stream = get_stream(path, batch_size, 0, n, drop_last=drop_last, ffcv_augment=augment,
+                        num_workers=num_workers, expected_count=n)
+    return Uint8Loader(stream, ContractOrder(n, seed, shuffle))
