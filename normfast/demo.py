@@ -51,7 +51,7 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
             continue
         cfg.resume = (run_dir / "last.pt").exists()
         best = train(cfg)
-        echo(f"      {norm}: best test accuracy {best['best_acc']:.4f} (epoch {best['best_epoch']})")
+        echo(f"      {norm}: best test accuracy {best['best_acc']:.4f} (epoch {best['best_epoch'] + 1})")
 
     echo("[4/5] throughput benchmarks")
     bench_dir = out / "bench"

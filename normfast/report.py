@@ -587,7 +587,7 @@ def plot_figure1(groups: dict, path: Path, title: str = "") -> Path:
     models = order({k[1] for k in groups}, MODELS)
     norms = order({k[2] for k in groups}, NORMS)
     height = 2.7 * len(models) + 0.9           # inches; the top 0.8 hold the legend and title
-    fig = Figure(figsize=(3.4 * len(datasets) + 0.6, height), dpi=110)
+    fig = Figure(figsize=(max(6.4, 3.4 * len(datasets) + 0.6), height), dpi=110)   # legend fits
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(models), len(datasets), squeeze=False, sharex="col")
     for i, m in enumerate(models):

@@ -59,7 +59,7 @@ def table1(data_dir: str | Path) -> dict:
 
 
 def fmt3(values) -> str:
-    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+    return "(" + ", ".join(f"{round(v, 4) + 0.0:.4f}" for v in values) + ")"   # never "-0.0000"
 
 
 def format_table1(t: dict) -> str:
