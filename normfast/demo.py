@@ -56,28 +56,27 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
     echo("[4/5] throughput benchmarks")
     bench_dir = out / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
-    loaders_json = bench_dir / "loaders.json"
-    if loaders_json.exists():
-        echo("      measured before; reusing " + str(loaders_json))
-        records = json.loads(loaders_json.read_text())["records"]
-    else:
-        b = plan["bench"]
-        records = bench_loaders(data, b["loaders"], "finetune", device, max_batches=b["loader_batches"],
-                                echo=lambda s: echo("      " + s))
-        write_json_atomic(loaders_json, {"machine": machine(), "records": records})
-    echo(format_loader_table(records))
-    train_json = bench_dir / "train.json"
-    if train_json.exists():
-        echo("      measured before; reusing " + str(train_json))
-        records = json.loads(train_json.read_text())["records"]
-    else:
-        b = plan["bench"]
-        records = bench_train(data, b["train_backends"], plan["train"]["model"], device=device,
-                              batch_size=plan["train"]["batch_size"], steps=b["train_steps"],
-                              warmup=b["train_warmup"], repeats=b["train_repeats"],
-                              echo=lambda s: echo("      " + s))
-        write_json_atomic(train_json, {"machine": machine(), "records": records})
-    echo(format_train_table(records))
+    b = plan["bench"]
+
+    def measured(name: str, run) -> list[dict]:
+        """Records from bench_dir/name, measured now unless an earlier run left them."""
+        path = bench_dir / name
+        if path.exists():
+            echo(f"      measured before; reusing {path}")
+            return json.loads(path.read_text())["records"]
+        records = run()
+        write_json_atomic(path, {"machine": machine(), "records": records})
+        return records
+
+    def indent(line: str) -> None:
+        echo("      " + line)
+
+    echo(format_loader_table(measured("loaders.json", lambda: bench_loaders(
+        data, b["loaders"], "finetune", device, max_batches=b["loader_batches"], echo=indent))))
+    echo(format_train_table(measured("train.json", lambda: bench_train(
+        data, b["train_backends"], plan["train"]["model"], device=device,
+        batch_size=plan["train"]["batch_size"], steps=b["train_steps"], warmup=b["train_warmup"],
+        repeats=b["train_repeats"], echo=indent))))
 
     echo("[5/5] report")
     report_dir = out / "report"

@@ -60,3 +60,14 @@ def require_format(manifest: dict, data_dir: Path, fmt: str) -> dict:
             f"{data_dir}: has no {fmt} files; run `normfast convert {manifest.get('source', 'SOURCE')} "
             f"--src PATH --out {data_dir} --format {fmt} --force`")
     return manifest["formats"][fmt]
+
+
+def split_format(manifest: dict, data_dir: Path, split: str, fmt: str) -> dict:
+    """A split's entry for one format (shards, or the .beton), with the errors a user can meet."""
+    require_format(manifest, data_dir, fmt)
+    if split not in manifest["splits"]:
+        raise NormfastError(f"{data_dir}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
+    info = manifest["splits"][split].get("formats", {}).get(fmt)
+    if info is None:
+        raise NormfastError(f"{data_dir}: split {split!r} has no {fmt} files in manifest.json")
+    return info

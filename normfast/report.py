@@ -329,7 +329,8 @@ def _header(section, groups: dict, n_sections: int) -> list[str]:
 
 # ---------------------------------------------------------------- table 2
 
-def format_table2(groups: dict, seed: dict, section, n_sections: int = 1) -> list[str]:
+def _accuracy_table_head(groups: dict, seed: dict, section, n_sections: int):
+    """Datasets, models, the datasets the seed has numbers for, and the table's first lines."""
     datasets = order({k[0] for k in groups}, DATASETS)
     models = order({k[1] for k in groups}, MODELS)
     seeded = [d for d in datasets if any(k[0] == d for k in seed)]
@@ -339,6 +340,11 @@ def format_table2(groups: dict, seed: dict, section, n_sections: int = 1) -> lis
         align += ["--:"] * (3 if d in seeded else 1)
     lines = _header(section, groups, n_sections)
     lines += ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+    return datasets, models, seeded, lines
+
+
+def format_table2(groups: dict, seed: dict, section, n_sections: int = 1) -> list[str]:
+    datasets, models, seeded, lines = _accuracy_table_head(groups, seed, section, n_sections)
     flags = set()
     for m in models:
         ft_row, pt_row, diff_row = [m, "finetune"], ["", "pretrain"], ["", "finetune − pretrain"]
@@ -393,16 +399,8 @@ def _footnotes(flags: set, table: str) -> list[str]:
 # ---------------------------------------------------------------- table 3
 
 def format_table3(groups: dict, seed: dict, section, n_sections: int = 1) -> tuple[list[str], tuple[int, int]]:
-    datasets = order({k[0] for k in groups}, DATASETS)
-    models = order({k[1] for k in groups}, MODELS)
+    datasets, models, seeded, lines = _accuracy_table_head(groups, seed, section, n_sections)
     norms = order({k[2] for k in groups} | set(NORMS), NORMS)
-    seeded = [d for d in datasets if any(k[0] == d for k in seed)]
-    cols, align = ["model", "setting"], [":--", ":--"]
-    for d in datasets:
-        cols += [f"{d} ours"] + ([f"{d} seed", f"{d} ours − seed"] if d in seeded else [])
-        align += ["--:"] * (3 if d in seeded else 1)
-    lines = _header(section, groups, n_sections)
-    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
     flags, agree, compared = set(), 0, 0
     for m in models:
         cells = {}

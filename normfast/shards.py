@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from normfast.errors import NormfastError
-from normfast.manifest import require_format
+from normfast.manifest import split_format
 
 
 def parse_dali_index(path: Path) -> list[dict]:
@@ -42,8 +42,7 @@ class ShardReader:
     """Indexed access to one split: reader[i] -> (uint8 HxWx3, int label), in stored order."""
 
     def __init__(self, data_dir: Path, manifest: dict, split: str):
-        require_format(manifest, Path(data_dir), "dali")
-        info = manifest["splits"][split]["formats"]["dali"]
+        info = split_format(manifest, Path(data_dir), split, "dali")
         self.root = Path(data_dir) / "dali"
         self.encoding = manifest["formats"]["dali"]["image_encoding"]
         self.shape = tuple(manifest["image_shape"])

@@ -256,3 +256,17 @@ def test_cuda_matches_reference(synthetic, dtype, backend):
     assert len(np.unique(offsets[:, 0])) == 2 * PAD + 1 and 0.4 < flips.mean() < 0.6
     _, ys, _ = epoch(loader(synthetic, backend, "finetune", augment=True, shuffle=True, device="cuda", seed=1))
     assert sorted(ys.tolist()) == sorted(labels.tolist())
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_every_backend_visits_the_contract_order(edge, backend, world_size):
+    """Shuffled or not, every backend reads epoch_order(seed, epoch) of its block: the same
+    samples in the same order whichever pipeline produced the batch."""
+    from normfast.loaders import epoch_order
+    for shuffle in (False, True):
+        for rank in range(world_size):
+            ld = loader(edge, backend, shuffle=shuffle, augment=True, rank=rank, world_size=world_size,
+                        batch_size=8, seed=21)
+            for e in (0, 1):
+                _, y, _ = epoch(ld)      # edge labels are the stored indices
+                assert y.tolist() == epoch_order(EDGE_N, 21, e, shuffle, rank, world_size).tolist()

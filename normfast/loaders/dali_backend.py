@@ -2,12 +2,11 @@
 
 One DALI pipeline per epoch, seeded with `epoch_seed(seed, epoch, rank)`, so an epoch's
 order and augmentation depend only on (seed, epoch) and `set_epoch` can jump anywhere.
-Building one costs ~0.1 s and filling a full shuffle buffer ~16 us per sample (0.8 s for
-50k), so once epoch e has produced its first batch, epoch e+1's pipeline is built and
-started (`lookahead`); a jump elsewhere just discards it.
+Building one costs ~0.1 s, so once epoch e has produced its first batch, epoch e+1's
+pipeline is built and started (`lookahead`); a jump elsewhere just discards it.
 The graph, per sample (HWC throughout):
 
-  readers.webdataset -> reshape (raw) | decoders.image (png/jpg; "mixed" on CUDA)
+  source -> reshape (raw) | decoders.image (png/jpg; "mixed" on CUDA)
     [.gpu() on CUDA: everything below runs as GPU ops]
   augment: slice(start=offset-PAD, shape=HxW, pad with 0)   offset uniform in 0..2*PAD
            mirror = coin_flip(0.5)
@@ -18,24 +17,28 @@ The graph, per sample (HWC throughout):
 Outputs are NHWC; `permute(0, 3, 1, 2)` makes them NCHW in channels-last memory at no
 cost. bfloat16 (which DALI lacks) is produced as float32 and cast in torch.
 
-Epochs: the reader pads its last batch (`pad_last_batch`: a pipeline that runs several
-shuffled epochs repeats/misses samples without it; ours run one each) and we trim, so
-every epoch visits each sample of this rank's shard exactly once. Shuffling draws from a
-buffer as large as the shard (`initial_fill`), i.e. a full permutation of the shard.
-Sharding: DALI's reader gives rank r the contiguous stored block [n*r//w, n*(r+1)//w)
-every epoch (shuffled within), which is the rule `shard_bounds` states for all backends.
+The source: in stored order (shuffle off, and verify's read-back), DALI's own
+`readers.webdataset` over this rank's block [n*r//w, n*(r+1)//w) (its sharding rule is the
+one `shard_bounds` states for all backends), padding its last batch, which we trim. Shuffled,
+an `external_source` that slices the memory-mapped shards in the contract's `epoch_order`:
+DALI's reader shuffles through a buffer that must hold the whole shard for a full
+permutation and is refilled every epoch, which cost a third to a half of the CPU
+throughput here; the ordered source costs nothing extra and yields exactly the order the
+other backends use.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from nvidia.dali import Pipeline, fn, types
 
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_seed, num_batches
-from normfast.manifest import require_format
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, num_batches
+from normfast.manifest import split_format
 from normfast.normalization import PAD
+from normfast.shards import ShardReader
 
 EXTENSIONS = {"raw": "raw", "png": "png", "jpg": "jpg"}
 PREFETCH = 2      # pipeline iterations in flight
@@ -44,12 +47,7 @@ PREFETCH = 2      # pipeline iterations in flight
 def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[str], list[str], str]:
     """(tar paths, index paths, image encoding) of a split's webdataset shards."""
     root = Path(data_dir)
-    require_format(manifest, root, "dali")
-    if split not in manifest["splits"]:
-        raise NormfastError(f"{root}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
-    info = manifest["splits"][split].get("formats", {}).get("dali")
-    if info is None:
-        raise NormfastError(f"{root}: split {split!r} has no dali shards in manifest.json")
+    info = split_format(manifest, root, split, "dali")
     encoding = manifest["formats"]["dali"]["image_encoding"]
     if encoding not in EXTENSIONS:
         raise NormfastError(f"{root}: unknown dali image encoding {encoding!r}; valid: raw, png, jpg")
@@ -61,26 +59,62 @@ def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[str], list[s
     return paths, indexes, encoding
 
 
+class OrderedShardSource:
+    """Feeds a DALI pipeline the samples of the shards in a given order, batch by batch.
+
+    DALI's webdataset reader shuffles through a buffer: a full permutation needs a buffer as
+    large as the shard, refilled every epoch, which halved CPU throughput here. Reading in
+    the contract's `epoch_order` instead costs one slice of the memory-mapped tar per sample
+    (no copy until DALI's), and gives the very order every other backend uses.
+    """
+
+    def __init__(self, reader: ShardReader, order: np.ndarray, batch_size: int):
+        self.maps = [np.memmap(p, dtype=np.uint8, mode="r") for p in reader.shards]
+        self.loc = reader.locations
+        self.order, self.batch_size, self.pos = order, batch_size, 0
+        self.dense = reader.encoding == "raw"
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pos >= len(self.order):
+            raise StopIteration
+        images, labels = [], []
+        for i in self.order[self.pos:self.pos + self.batch_size]:
+            k, off, size, label_off = self.loc[i]
+            images.append(self.maps[k][off:off + size])
+            labels.append(self.maps[k][label_off:label_off + 8].view("<i8"))
+        self.pos += self.batch_size
+        if self.dense:   # raw images all have one size: one dense batch is much cheaper for DALI
+            return np.stack(images), np.stack(labels)
+        return images, labels
+
+
 def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, seed: int,
-                   num_threads: int, device_id, shuffle: bool, shard_size: int, rank: int = 0,
+                   num_threads: int, device_id, shard_size: int, rank: int = 0,
                    world_size: int = 1, augment: bool = False, norm=None,
-                   out_dtype=types.FLOAT) -> Pipeline:
+                   out_dtype=types.FLOAT, source: OrderedShardSource | None = None) -> Pipeline:
     """A built pipeline with outputs (images NHWC, labels (N, 1) int64).
 
-    `norm`: None for uint8 pixels, else the NormSpec to apply. `device_id` None keeps every
-    op on the CPU; an int puts decoding/augmentation/normalization on that GPU.
+    Samples come from DALI's webdataset reader in stored order (this rank's block), or from
+    `source` in the order it holds. `norm`: None for uint8 pixels, else the NormSpec to
+    apply. `device_id` None keeps every op on the CPU; an int puts decoding, augmentation
+    and normalization on that GPU.
     """
     h, w, c = shape
     gpu = device_id is not None
     pipe = Pipeline(batch_size=batch_size, num_threads=max(1, num_threads), device_id=device_id,
                     seed=seed, prefetch_queue_depth=PREFETCH)
     with pipe:
-        reader_args = dict(random_shuffle=True, initial_fill=max(1, shard_size)) if shuffle else {}
-        data, labels = fn.readers.webdataset(
-            paths=paths, index_paths=indexes, ext=[EXTENSIONS[encoding], "cls"],
-            dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
-            name="Reader", pad_last_batch=True, shard_id=rank, num_shards=world_size,
-            **reader_args)
+        if source is None:
+            data, labels = fn.readers.webdataset(
+                paths=paths, index_paths=indexes, ext=[EXTENSIONS[encoding], "cls"],
+                dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
+                name="Reader", pad_last_batch=True, shard_id=rank, num_shards=world_size)
+        else:
+            data, labels = fn.external_source(source=source, num_outputs=2, batch=True,
+                                              dtype=[types.UINT8, types.INT64], no_copy=False)
         if encoding == "raw":
             img = fn.reshape(data, shape=[h, w, c], layout="HWC")
             if gpu:
@@ -172,15 +206,21 @@ class DaliLoader(EpochLoader):
             self.device_id = None
         self.dali_dtype = DALI_DTYPES[cfg.dtype]
         self._ahead: tuple[int, Pipeline] | None = None   # (epoch, started pipeline)
+        # shuffled epochs read in the contract's order (see OrderedShardSource)
+        self.shards = ShardReader(cfg.data_dir, cfg.manifest, cfg.split) if cfg.shuffle else None
 
     def pipeline(self, epoch: int) -> Pipeline:
         cfg = self.cfg
+        source = None
+        if cfg.shuffle:
+            order = epoch_order(cfg.count, cfg.seed, epoch, True, cfg.rank, cfg.world_size)
+            source = OrderedShardSource(self.shards, order[:self.num_samples], cfg.batch_size)
         return build_pipeline(
             self.paths, self.indexes, self.encoding, cfg.image_shape, cfg.batch_size,
             seed=epoch_seed(cfg.seed, epoch, cfg.rank) % 2 ** 31, num_threads=cfg.num_workers,
-            device_id=self.device_id, shuffle=cfg.shuffle, shard_size=self.shard_count,
+            device_id=self.device_id, shard_size=self.shard_count,
             rank=cfg.rank, world_size=cfg.world_size, augment=cfg.augment, norm=cfg.spec,
-            out_dtype=self.dali_dtype)
+            out_dtype=self.dali_dtype, source=source)
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
@@ -189,7 +229,8 @@ class DaliLoader(EpochLoader):
             return
         pipe = ahead[1] if ahead is not None and ahead[0] == epoch else start(self.pipeline(epoch))
         del ahead
-        check_size(pipe, cfg.count, cfg.data_dir, cfg.split)
+        if not cfg.shuffle:
+            check_size(pipe, cfg.count, cfg.data_dir, cfg.split)
         for b, (x, y) in enumerate(run_epoch(pipe, self.shard_count, cfg.batch_size, cfg.drop_last,
                                              self.device)):
             if b == 0 and self.lookahead:
@@ -211,7 +252,7 @@ def dali_uint8_batches(data_dir, manifest: dict, split: str, batch_size: int, nu
     count = manifest["splits"][split]["count"]
     pipe = start(build_pipeline(paths, indexes, encoding, tuple(manifest["image_shape"]),
                                 batch_size, seed=0, num_threads=num_threads, device_id=None,
-                                shuffle=False, shard_size=count))
+                                shard_size=count))
     check_size(pipe, count, data_dir, split)
     for x, y in run_epoch(pipe, count, batch_size, False, torch.device("cpu")):
         yield x.numpy().copy(), y.numpy().copy()

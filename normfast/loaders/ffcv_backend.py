@@ -45,7 +45,7 @@ import torch
 
 from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, shard_bounds
-from normfast.manifest import require_format
+from normfast.manifest import split_format
 from normfast.normalization import PAD
 from normfast.ops import BatchTransform, keep_torch_threads
 
@@ -84,12 +84,7 @@ class ContractOrder:
 
 def beton_path(data_dir, manifest: dict, split: str) -> Path:
     root = Path(data_dir)
-    require_format(manifest, root, "ffcv")
-    if split not in manifest["splits"]:
-        raise NormfastError(f"{root}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
-    info = manifest["splits"][split].get("formats", {}).get("ffcv")
-    if info is None:
-        raise NormfastError(f"{root}: split {split!r} has no ffcv file in manifest.json")
+    info = split_format(manifest, root, split, "ffcv")
     path = root / manifest["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
     if not path.is_file():
         raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
