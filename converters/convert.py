@@ -139,9 +139,13 @@ def convert(cfg: ConvertConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
         raise NormfastError(f"{out}: already exists; pass --force to replace it")
+    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise NormfastError(f"{out}: exists and is not a converted dataset; --force replaces only "
+                            "those (or an empty directory)")
 
     source = load_source(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -157,10 +161,27 @@ def convert(cfg: ConvertConfig) -> dict:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:       # disk full, permissions, a path that is a file...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NormfastError(f"{e.filename or out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def remove_stale(out: Path) -> None:
+    """Temporary directories left by a conversion that was killed (SIGKILL skips cleanup)."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name.rpartition("-")
+        if not (kind.endswith(".tmp") or kind.endswith(".old")) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)          # that process still runs: not ours to remove
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path) -> dict:

@@ -149,7 +149,14 @@ def write_ffcv(staging: StagingDataset, out_dir: Path, split: str, encoding: str
     fields = {"image": RGBImageField(write_mode=mode, max_resolution=max(h, w), jpeg_quality=quality),
               "label": IntField()}
     path = out_dir / f"{split}.beton"
-    writer = DatasetWriter(str(path), fields, num_workers=min(2, os.cpu_count() or 1))
+    # A sample must fit in one FFCV page (default 8 MiB): a larger one makes FFCV's writer
+    # process fail and its parent wait forever. Pages are powers of two below 4 GiB.
+    page = 1 << 23
+    while page < 2 * h * w * 3 + (1 << 16):
+        page <<= 1
+    if page >= 1 << 32:
+        raise NormfastError(f"images of {w}x{h} are too large for FFCV; pass --size N or --format dali")
+    writer = DatasetWriter(str(path), fields, page_size=page, num_workers=min(2, os.cpu_count() or 1))
     # FFCV draws its own tqdm bar on stderr: show it only where ours would show
     import functools
     import ffcv.writer

@@ -68,6 +68,8 @@ def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str 
                   batch_size: int = 256, epochs: int = 1, max_batches: int | None = None,
                   num_workers: int = 2, echo=print) -> list[dict]:
     device = resolve_device(device)
+    if epochs < 1 or (max_batches is not None and max_batches < 1):
+        raise NormfastError("--epochs and --max-batches must be at least 1")
     records = []
     for backend in parse_list(backends_, backends):
         for norm in parse_list(norms, settings):
@@ -131,12 +133,16 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
             trainer = Trainer(cfg)
             trainer.build()
             for backend in backend_names:
-                if backend != trainer.cfg.backend:
-                    trainer.train_loader = None          # release the previous loader first
-                    trainer.train_loader = build_loader(
-                        data_dir, "train", backend, batch_size, norm, augment=True, device=trainer.device,
-                        dtype=trainer.in_dtype, seed=cfg.seed, shuffle=True, num_workers=num_workers)
-                    trainer.cfg.backend = backend
+                trainer.cfg.backend = backend
+                trainer.train_loader = None          # release the previous loader first
+                # full batches only: a compiled step would recompile (and a CUDA graph be
+                # recorded again) for a partial batch inside the timed window
+                trainer.train_loader = build_loader(
+                    data_dir, "train", backend, batch_size, norm, augment=True, device=trainer.device,
+                    dtype=trainer.in_dtype, seed=cfg.seed, shuffle=True, drop_last=True,
+                    num_workers=num_workers)
+                if len(trainer.train_loader) == 0:
+                    raise NormfastError(f"{data_dir}: fewer train images than --batch-size {batch_size}")
                 rec = _bench_one(trainer, steps, warmup, repeats)
                 rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
                         "device": str(trainer.device), "amp": trainer.amp, "batch_size": batch_size,
@@ -196,5 +202,6 @@ def format_train_table(records: list[dict]) -> str:
     for r in records:
         lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {r['device']} | {r['amp']} | "
                      f"{r['ceiling_images_per_second']:,.0f} | {r['images_per_second']:,.0f} | "
-                     f"{r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} | ±{r['spread'] / 2:.0%} |")
+                     f"{r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} | "
+                     f"{'±' + format(r['spread'] / 2, '.0%') if r['repeats'] > 1 else '—'} |")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ User mistakes raise NormfastError and end here as one line on stderr with exit s
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -13,10 +14,16 @@ import click
 from normfast.errors import NormfastError
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 class Group(click.Group):
     """Turns NormfastError into `error: ...` and exit 1, never a traceback."""
 
     def invoke(self, ctx):
+        # SIGTERM (a job scheduler, `timeout`) unwinds like Ctrl-C, so temporary outputs are removed
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except NormfastError as e:

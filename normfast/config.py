@@ -2,6 +2,7 @@
 <- command-line flags. Unknown keys are rejected; the resolved config is saved with the run."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -44,6 +45,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _coerce(key: str, value, where: str):
     typ = FIELDS[key].type
+    if typ == "str" and isinstance(value, bool):   # YAML reads a bare off/on/no as a boolean
+        value = {"amp": "off" if not value else value, "compile": "none" if not value else value}.get(key, value)
     try:
         if typ == "bool":
             if isinstance(value, str):
@@ -57,7 +60,7 @@ def _coerce(key: str, value, where: str):
 def merge(base: dict, new: dict, where: str) -> dict:
     out = dict(base)
     for key, value in new.items():
-        key = key.replace("-", "_")
+        key = str(key).replace("-", "_")
         if key not in FIELDS:
             raise NormfastError(f"{where}: unknown key {key!r}; valid: {', '.join(FIELDS)}")
         out[key] = _coerce(key, value, where)
@@ -93,10 +96,13 @@ def validate(cfg: TrainConfig) -> None:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least 1")
     if cfg.lr <= 0:
         raise NormfastError(f"--lr {cfg.lr}: must be positive")
+    for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0)):
+        if getattr(cfg, k) < low:
+            raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least {low}")
     choices = {"amp": ("auto", "bf16", "fp16", "off"), "compile": ("none", "default", "cudagraphs"),
                "optimizer": ("adam",), "scheduler": ("cosine", "none"), "stats": ("manifest", "reference"),
                "device": ("auto", "cpu", "cuda")}
     for key, valid in choices.items():
         value = getattr(cfg, key)
-        if value not in valid and not (key == "device" and str(value).startswith("cuda:")):
+        if value not in valid and not (key == "device" and re.fullmatch(r"cuda:\d+", str(value))):
             raise NormfastError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")

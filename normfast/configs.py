@@ -19,6 +19,8 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise NormfastError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NormfastError(f"{path}: cannot read it as text ({e})") from None
     if not isinstance(data, dict):
         raise NormfastError(f"{path}: expected a mapping of keys to values")
     return data

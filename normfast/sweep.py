@@ -52,10 +52,20 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
             if missing:
                 raise NormfastError(f"--{key[:-1]} {missing[0]!r} is not in the grid's {key}: {', '.join(axes[key])}")
             axes[key] = [v for v in axes[key] if v in wanted]
-    seeds = seeds or [int(s) for s in grid.get("seeds") or [223]]
+    grid_seeds = grid.get("seeds", [223])
+    grid_seeds = grid_seeds if isinstance(grid_seeds, list) else [grid_seeds]
+    try:
+        default = [int(s) for s in grid_seeds] or [223]
+    except (TypeError, ValueError):
+        raise NormfastError(f"grid: seeds must be a list of integers, got {grid_seeds!r}") from None
+    seeds = seeds or default
+    if any(s < 0 for s in seeds):
+        raise NormfastError(f"seeds must be non-negative integers, got {seeds}")
+    # the plain run name belongs to the grid's one default seed; any other seed is suffixed
+    suffixed = len(seeds) > 1 or seeds != default[:1]
     runs = []
     for d, m, nm, b, s in itertools.product(axes["datasets"], axes["models"], axes["norms"], axes["backends"], seeds):
-        name = f"{m}-{nm}-{b}" + (f"-s{s}" if len(seeds) > 1 else "")
+        name = f"{m}-{nm}-{b}" + (f"-s{s}" if suffixed else "")
         runs.append(RunSpec(d, m, nm, b, s, name))
     i, n = parse_shard(shard)
     return runs[i - 1::n]
@@ -91,6 +101,8 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
             row |= summarize(run_dir)
         except NormfastError as e:
             row["status"] = f"failed: {e}"
+        except Exception as e:  # noqa: BLE001 - one run's crash (e.g. CUDA out of memory) must not end the sweep
+            row["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         echo(f"{label}: {row['status']}")
         results.append(row)
     return results

@@ -32,8 +32,10 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
+    if amp == "auto":   # bf16 where the GPU has it (Ampere and newer), else fp16 with a scaler
+        if device.type != "cuda":
+            return "off"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return amp
 
 
@@ -59,6 +61,12 @@ class Dist:
         if self.enabled:
             dist.all_reduce(t)
         return t.tolist()
+
+    def min(self, value: float, device) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item()
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -135,7 +143,7 @@ class Trainer:
     def state(self, epoch: int, best: dict) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict() if self.sched else None,
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "best": best,
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "best": best, "amp": self.amp,
                 "config": asdict(self.cfg), "weights": self.weights}
 
     # ------------------------------------------------------------------ epochs
@@ -159,14 +167,16 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         seen, wait, steps = 0, 0.0, 0
+        # Under DDP every rank must take the same number of optimizer steps (Adam's state
+        # would drift apart otherwise): shards differ by at most one sample, so a rank may
+        # skip its last batch when it has one more than the smallest shard.
+        limit = int(self.dist.min(len(loader), self.device)) if (train and self.dist.enabled) else len(loader)
         desc = f"epoch {epoch + 1}/{self.cfg.epochs} {'train' if train else 'test'}"
         bar = progress_bar(loader.num_samples, desc, self.cfg.quiet or not self.dist.main)
-        join = self.ddp.join() if (train and self.dist.enabled) else contextlib.nullcontext()
         self._sync()
         start = time.perf_counter()
-        with bar, join, torch.set_grad_enabled(train):
-            it = iter(loader)
-            while True:
+        with bar, torch.set_grad_enabled(train), contextlib.closing(iter(loader)) as it:
+            while steps < limit:
                 t0 = time.perf_counter()
                 batch = next(it, None)
                 wait += time.perf_counter() - t0
@@ -187,8 +197,7 @@ class Trainer:
                 bar.update(len(y))
         self._sync()
         seconds = time.perf_counter() - start
-        if train:
-            self._check_finite(finite, epoch, steps)
+        self._check_finite(finite & torch.isfinite(loss_sum), epoch, steps, "loss" if train else "test loss")
         total_loss, total_correct, total_seen = self.dist.sum([loss_sum.item(), correct.item(), seen], self.device)
         total_wait, = self.dist.sum([wait], self.device)
         return {"loss": total_loss / max(total_seen, 1), "acc": total_correct / max(total_seen, 1),
@@ -199,10 +208,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _check_finite(self, finite: torch.Tensor, epoch: int, steps: int) -> None:
-        if not bool(finite):
+    def _check_finite(self, finite: torch.Tensor, epoch: int, steps: int, what: str = "loss") -> None:
+        """Stop on a NaN/inf loss; under DDP every rank learns of any rank's (no hang)."""
+        if self.dist.min(float(finite), self.device) < 1:
             raise NormfastError(
-                f"training diverged: the loss became NaN or infinite in epoch {epoch} (by step {steps}); "
+                f"training diverged: the {what} became NaN or infinite in epoch {epoch} (by step {steps}); "
                 f"run stopped, the last good checkpoint is kept in {self.run_dir / 'last.pt'}")
 
     def _debug_step(self, epoch: int, step: int, y: torch.Tensor) -> None:
@@ -226,6 +236,7 @@ class Trainer:
         start, best = 0, {"best_epoch": -1, "best_acc": 0.0}
         if cfg.resume and last.exists():
             ckpt = torch.load(last, map_location=self.device, weights_only=False)
+            check_resumable(ckpt, cfg, self.amp, last)
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
             if self.sched and ckpt["scheduler"]:
@@ -256,23 +267,46 @@ class Trainer:
             if improved:
                 best = {"best_epoch": epoch, "best_acc": te["acc"]}
             if self.dist.main:
+                # order matters for a kill at any moment: a metrics row beyond last.pt is dropped
+                # on resume; best_results.json (what "finished" is read from) comes last
                 state = self.state(epoch, best)
                 if improved:
                     atomic_save(state, run_dir / "best.pt")
-                atomic_save(state, last)
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-                write_json_atomic(run_dir / "best_results.json",
-                                  best | {"epochs_done": epoch + 1, "epochs": cfg.epochs,
-                                          "finished": epoch + 1 == cfg.epochs, "weights": self.weights})
+                atomic_save(state, last)
+                self._write_best(best, epoch + 1)
                 if not cfg.quiet:
                     print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
                           f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  "
                           f"{tr['images_per_second']:.0f} img/s  data wait {tr['data_wait_fraction']:.0%}",
                           flush=True)
+        if self.dist.main and start >= cfg.epochs:     # killed after its last last.pt
+            self._write_best(best, start)
         if self.dist.enabled:
             dist.barrier()
         return best
+
+    def _write_best(self, best: dict, epochs_done: int) -> None:
+        write_json_atomic(self.run_dir / "best_results.json",
+                          best | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
+                                  "finished": epochs_done >= self.cfg.epochs, "weights": self.weights})
+
+
+RESUME_KEYS = ("model", "norm", "backend", "stats", "pretrained", "batch_size", "lr", "optimizer",
+               "scheduler", "seed")
+
+
+def check_resumable(ckpt: dict, cfg: TrainConfig, amp: str, path: Path) -> None:
+    """A resumed run must be the same run: same data, model, recipe and precision."""
+    old = ckpt.get("config", {})
+    diff = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_KEYS
+            if k in old and old[k] != getattr(cfg, k)]
+    if "amp" in ckpt and ckpt["amp"] != amp:
+        diff.append(f"amp {ckpt['amp']!r} -> {amp!r}")
+    if diff:
+        raise NormfastError(f"{path}: --resume with a different configuration ({'; '.join(diff)}); "
+                            "start a new run with --run-name")
 
 
 def versions() -> dict:

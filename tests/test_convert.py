@@ -228,3 +228,22 @@ def test_stats_cli(synthetic_dir):
     x = np.concatenate([b for b, _ in iter_split(synthetic_dir, load_manifest(synthetic_dir), "train")])
     np.testing.assert_allclose(t["after"]["minmax"]["mean"], (x / 255.0).mean(axis=(0, 1, 2)), atol=1e-6)
     assert "Table 1" in CliRunner().invoke(main, ["stats", str(synthetic_dir)]).output
+
+
+def test_force_replaces_only_a_converted_dataset(tmp_path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(NormfastError, match="is not a converted dataset"):
+        convert(ConvertConfig("synthetic", precious, limit=10, formats=("dali",), quiet=True, force=True))
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_leftovers_of_a_killed_conversion_are_removed(tmp_path):
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".out.tmp-{dead.pid}"
+    (stale / "dali").mkdir(parents=True)
+    convert(ConvertConfig("synthetic", tmp_path / "out", limit=10, formats=("dali",), quiet=True))
+    assert not stale.exists() and no_leftovers(tmp_path) == []

@@ -21,6 +21,8 @@ def test_plan_filters_seeds_and_shards():
     assert [(r.dataset, r.run_name) for r in sub] == [("cifar10", "resnet50-minmax-dali"), ("svhn", "resnet50-minmax-dali")]
     seeded = plan(GRID, {"datasets": ["svhn"]}, [223, 224, 225], None)
     assert len(seeded) == 24 and seeded[0].run_name.endswith("-s223")
+    assert plan(GRID, {}, [224], None)[0].run_name == "resnet18-finetune-dali-s224"   # never seed 223's run
+    assert plan(GRID, {}, [223], None)[0].run_name == "resnet18-finetune-dali"
     shards = [plan(GRID, {}, None, f"{i}/3") for i in (1, 2, 3)]
     names = [(r.dataset, r.run_name) for s in shards for r in s]
     assert sorted(names) == sorted((r.dataset, r.run_name) for r in runs) and len(set(names)) == 16

@@ -164,25 +164,51 @@ def test_config_file_and_unknown_key(tiny, tmp_path):
         resolve_train_config(bad, data=str(tiny))
 
 
-def test_ddp_two_processes_gloo(tmp_path):
+@pytest.mark.parametrize("n", [12, 9])
+def test_ddp_two_processes_gloo(tmp_path, n):
+    """12 images: shards of 6 + 6. 9 images: shards of 4 + 5, i.e. 1 vs 2 batches of 4, where
+    both ranks must still take the same number of steps (one sample per epoch skipped)."""
     # one class per training image, so labels identify samples across ranks
-    write_imagefolder(tmp_path / "src", classes=[f"k{i:02d}" for i in range(12)], per_class=1)
+    write_imagefolder(tmp_path / "src", classes=[f"k{i:02d}" for i in range(n)], per_class=1)
     data = tmp_path / "data"
     convert(ConvertConfig("imagefolder", data, tmp_path / "src", quiet=True))
     debug = tmp_path / "debug"
     debug.mkdir()
     env = os.environ | {"NORMFAST_DEBUG_DDP": str(debug), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={29500 + n}",
            "-m", "normfast", "train", "--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "2",
            "--batch-size", "4", "--device", "cpu", "--num-workers", "1", "-q"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     logs = {k: [json.loads(x) for x in (debug / f"rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)}
+    assert len(logs[0]) == len(logs[1])                              # the same number of steps
     for epoch in (0, 1):
         seen = {k: [lab for row in logs[k] if row["epoch"] == epoch for lab in row["labels"]] for k in (0, 1)}
         assert not set(seen[0]) & set(seen[1])                      # disjoint
-        assert sorted(seen[0] + seen[1]) == list(range(12))         # complete
+        assert set(seen[0]) | set(seen[1]) <= set(range(n))
+        # 12: 2 + 2 full batches, all seen; 9: one step each (4 + 4), rank 1's fifth sample skipped
+        assert len(seen[0]) + len(seen[1]) == {12: 12, 9: 8}[n]
     for a, b in zip(logs[0], logs[1]):                               # same weights after every step
         assert a["checksum"] == pytest.approx(b["checksum"], rel=1e-6)
     runs = list((tmp_path / "runs").rglob("metrics.jsonl"))
     assert len(runs) == 1 and len(runs[0].read_text().splitlines()) == 2
+
+
+def test_resume_refuses_a_different_run(tiny, tmp_path):
+    train_mod.train(cfg_for(tiny, tmp_path, epochs=1))
+    with pytest.raises(NormfastError, match=r"--resume with a different configuration \(lr 0.001 -> 0.01\)"):
+        train_mod.train(cfg_for(tiny, tmp_path, epochs=2, resume=True, lr=0.01))
+
+
+def test_yaml_off_and_bad_values(tiny, tmp_path):
+    c = tmp_path / "c.yaml"
+    c.write_text("amp: off\ncompile: no\n")
+    cfg = resolve_train_config(c, data=str(tiny))
+    assert cfg.amp == "off" and cfg.compile == "none"
+    for bad, msg in ((dict(log_interval=0), "--log-interval 0"), (dict(seed=-1), "--seed -1"),
+                     (dict(device="cuda:x"), "unknown device 'cuda:x'")):
+        with pytest.raises(NormfastError, match=msg):
+            resolve_train_config(None, data=str(tiny), **bad)
+    c.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(NormfastError, match="cannot read it as text"):
+        resolve_train_config(c, data=str(tiny))
