@@ -22,8 +22,8 @@ from normfast.errors import NormfastError
 from normfast.manifest import MANIFEST, file_entry, write_json_atomic
 from normfast.progress import progress_bar
 from normfast.registry import parse_list
+from normfast.shards import ENCODINGS
 
-ENCODINGS = ("raw", "png", "jpg")
 
 
 @dataclass

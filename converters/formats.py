@@ -89,7 +89,7 @@ class ShardWriter:
             self._close()
             self._open()
         key = f"{self.count:09d}"
-        ext = {"raw": "raw", "png": "png", "jpg": "jpg"}[self.encoding]
+        ext = self.encoding          # the member's extension names its encoding
         img_off = self._add(f"{key}.{ext}", encode_image(img, self.encoding, self.quality))
         cls_off = self._add(f"{key}.cls", np.int64(label).tobytes())
         self.entries.append((key, (ext, *img_off), ("cls", *cls_off)))

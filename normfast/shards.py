@@ -15,6 +15,24 @@ from normfast.errors import NormfastError
 from normfast.manifest import split_format
 
 
+ENCODINGS = ("raw", "png", "jpg")   # also the image member's extension in the tar
+
+
+def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[Path], list[Path], str]:
+    """(tar paths, index paths, image encoding) of a split's webdataset shards, all present."""
+    root = Path(data_dir)
+    info = split_format(manifest, root, split, "dali")
+    encoding = manifest["formats"]["dali"]["image_encoding"]
+    if encoding not in ENCODINGS:
+        raise NormfastError(f"{root}: unknown dali image encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
+    paths = [root / "dali" / s for s in info["shards"]]
+    indexes = [root / "dali" / s for s in info["indexes"]]
+    for p in paths + indexes:
+        if not p.is_file():
+            raise NormfastError(f"{p}: missing (listed in manifest.json); re-run `normfast convert`")
+    return paths, indexes, encoding
+
+
 def parse_dali_index(path: Path) -> list[dict]:
     """[{ext: (offset, size)} per sample] from a v1.2 index file."""
     lines = path.read_text().splitlines()
@@ -42,19 +60,12 @@ class ShardReader:
     """Indexed access to one split: reader[i] -> (uint8 HxWx3, int label), in stored order."""
 
     def __init__(self, data_dir: Path, manifest: dict, split: str):
-        info = split_format(manifest, Path(data_dir), split, "dali")
-        self.root = Path(data_dir) / "dali"
-        self.encoding = manifest["formats"]["dali"]["image_encoding"]
+        self.shards, indexes, self.encoding = shard_files(data_dir, manifest, split)
         self.shape = tuple(manifest["image_shape"])
-        self.ext = {"raw": "raw", "png": "png", "jpg": "jpg"}[self.encoding]
         self.locations = []   # (shard index, image offset, size, label offset)
-        self.shards = [self.root / s for s in info["shards"]]
-        for path in self.shards + [self.root / i for i in info["indexes"]]:
-            if not path.is_file():
-                raise NormfastError(f"{path}: missing; reconvert with `normfast convert ... --force`")
-        for k, idx in enumerate(info["indexes"]):
-            for s in parse_dali_index(self.root / idx):
-                off, size = s[self.ext]
+        for k, idx in enumerate(indexes):
+            for s in parse_dali_index(idx):
+                off, size = s[self.encoding]
                 self.locations.append((k, off, size, s["cls"][0]))
         self._fds: dict[int, int] = {}
 

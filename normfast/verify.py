@@ -57,7 +57,9 @@ def verify(data_dir: str | Path, samples: int = 512):
             seen["plain"] = first_n(ShardReader(data_dir, m, split).batches(256), samples)
         if "ffcv" in m["formats"]:
             from ffcv.reader import Reader
-            path = data_dir / "ffcv" / f"{split}.beton"
+
+            from normfast.loaders.ffcv_backend import beton_path
+            path = beton_path(data_dir, m, split)
             n = Reader(str(path)).num_samples
             if n != count:
                 raise NormfastError(f"{path}: holds {n} samples, manifest says {count}")

@@ -28,35 +28,16 @@ other backends use.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from nvidia.dali import Pipeline, fn, types
 
 from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, num_batches
-from normfast.manifest import split_format
 from normfast.normalization import PAD
-from normfast.shards import ShardReader
+from normfast.shards import ShardReader, shard_files
 
-EXTENSIONS = {"raw": "raw", "png": "png", "jpg": "jpg"}
 PREFETCH = 2      # pipeline iterations in flight
-
-
-def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[str], list[str], str]:
-    """(tar paths, index paths, image encoding) of a split's webdataset shards."""
-    root = Path(data_dir)
-    info = split_format(manifest, root, split, "dali")
-    encoding = manifest["formats"]["dali"]["image_encoding"]
-    if encoding not in EXTENSIONS:
-        raise NormfastError(f"{root}: unknown dali image encoding {encoding!r}; valid: raw, png, jpg")
-    paths = [str(root / "dali" / s) for s in info["shards"]]
-    indexes = [str(root / "dali" / s) for s in info["indexes"]]
-    for p in paths + indexes:
-        if not Path(p).is_file():
-            raise NormfastError(f"{p}: missing (listed in manifest.json); re-run `normfast convert`")
-    return paths, indexes, encoding
 
 
 class OrderedShardSource:
@@ -109,7 +90,7 @@ def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, see
     with pipe:
         if source is None:
             data, labels = fn.readers.webdataset(
-                paths=paths, index_paths=indexes, ext=[EXTENSIONS[encoding], "cls"],
+                paths=[str(p) for p in paths], index_paths=[str(p) for p in indexes], ext=[encoding, "cls"],
                 dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
                 name="Reader", pad_last_batch=True, shard_id=rank, num_shards=world_size)
         else:
