@@ -150,6 +150,18 @@ def human(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
 
 
+def free_shared_memory(path: Path) -> None:
+    """Unlink the FFCV shared memory segments a killed writer named in `path` (see formats.py)."""
+    from converters.formats import SHM_NOTE
+    for note in path.rglob(SHM_NOTE):
+        for name in note.read_text().split():
+            if re.fullmatch(r"/?psm_[0-9a-f]+", name):
+                try:
+                    os.unlink(f"/dev/shm/{name.lstrip('/')}")
+                except OSError:
+                    pass
+
+
 def recover(out: Path) -> None:
     """Finish what a killed conversion left: restore a dataset caught between the two renames
     of the swap, drop its marker, and remove its other temporaries (each named in a notice)."""
@@ -161,6 +173,7 @@ def recover(out: Path) -> None:
                    "replacing it")
             continue
         size = du(path)
+        free_shared_memory(path)
         shutil.rmtree(path)
         notice(f"removed {path} ({human(size)}), left by a killed conversion")
     if (out / MARKER).is_file() and out.is_dir() and not out.is_symlink():

@@ -131,3 +131,123 @@ def test_a_failed_run_leaves_no_marked_or_unmarked_temporary(tmp_path, monkeypat
     with pytest.raises(NormfastError, match="boom"):
         synth(tmp_path / "o")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- FFCV workers (items 5, 6)
+
+@pytest.fixture
+def alarm():
+    """Turn a hang into a failure: raise after `seconds` (cleanup then runs as on Ctrl-C)."""
+    import signal
+
+    def ring(signum, frame):
+        raise TimeoutError("hung")
+    old = signal.signal(signal.SIGALRM, ring)
+    yield signal.alarm
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_failing_ffcv_worker_ends_the_conversion(tmp_path, monkeypatch, alarm):
+    from converters.formats import StagingDataset
+    real = StagingDataset.__getitem__
+
+    def broken(self, i):               # runs inside FFCV's worker processes (forked)
+        if i == 7:
+            raise OSError(28, "No space left on device")
+        return real(self, i)
+    monkeypatch.setattr(StagingDataset, "__getitem__", broken)
+    alarm(120)
+    with pytest.raises(NormfastError, match=r"train.beton: No space left on device$"):
+        synth(tmp_path / "o", formats=("ffcv",), limit=300)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_the_ffcv_write_is_one_error(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        r = run_cli(["convert", "synthetic", "--limit", "600", "--format", "ffcv", "--out", str(mnt / "w")],
+                    timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+        assert "train.beton: No space left on device" in r.stderr
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def run_cli(args, timeout, **kw):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "normfast", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, **kw)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(d))
+            except OSError:
+                pass
+    return found
+
+
+def start_ffcv_conversion(tmp_path):
+    """A CLI conversion stopped the moment its FFCV writer has begun."""
+    import time
+    out = tmp_path / "sig"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.Popen([sys.executable, "-m", "normfast", "convert", "synthetic", "--limit", "20000",
+                          "--format", "ffcv", "--encoding", "jpg", "--out", str(out), "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / f".sig.tmp-{p.pid}" / "ffcv" / "train.beton").exists():
+        assert p.poll() is None and time.monotonic() < deadline, "conversion ended before its FFCV phase"
+        time.sleep(0.02)
+    time.sleep(0.3)                   # the writer's workers are running now
+    assert len(processes_mentioning(str(out))) >= 3, "expected the writer and its workers"
+    return p, out
+
+
+def wait_gone(text: str, seconds: float) -> list[int]:
+    import time
+    deadline = time.monotonic() + seconds
+    while processes_mentioning(text) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return processes_mentioning(text)
+
+
+def test_sigterm_during_the_ffcv_phase_exits_within_seconds(tmp_path):
+    import signal
+    p, out = start_ffcv_conversion(tmp_path)
+    p.send_signal(signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=15)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and err.strip() == "interrupted"
+    assert wait_gone(str(out), 5) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkill_during_the_ffcv_phase_takes_the_workers_along(tmp_path):
+    import signal
+    p, out = start_ffcv_conversion(tmp_path)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=15)
+    assert wait_gone(str(out), 10) == []
+    note = tmp_path / f".sig.tmp-{p.pid}" / "ffcv" / ".ffcv-shared-memory"
+    shm = "/dev/shm/" + note.read_text().strip().lstrip("/")   # may be freed already, or not
+    # what it left is marked, so the next run removes it and says so
+    r = run_cli(["convert", "synthetic", "--limit", "20", "--format", "dali", "--out", str(out), "-q"],
+                timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"notice: removed {tmp_path / f'.sig.tmp-{p.pid}'} (" in r.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["sig"] and not os.path.exists(shm)
