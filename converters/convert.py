@@ -23,6 +23,7 @@ from normfast.errors import NormfastError
 from normfast.manifest import MANIFEST, file_entry, write_json_atomic
 from normfast.progress import progress_bar
 from normfast.registry import parse_list
+from normfast.stats import ChannelStats
 from normfast.shards import ENCODINGS
 
 
@@ -40,28 +41,6 @@ class ConvertConfig:
     force: bool = False
     download: bool = False
     quiet: bool = False
-
-
-class ChannelStats:
-    """Exact per-channel sums of p and p^2 over uint8 pixels (Python ints: no overflow)."""
-
-    def __init__(self):
-        self.n, self.s1, self.s2 = 0, [0, 0, 0], [0, 0, 0]
-
-    def add(self, img: np.ndarray) -> None:
-        flat = img.reshape(-1, 3).astype(np.int64)
-        self.n += flat.shape[0]
-        for c in range(3):
-            self.s1[c] += int(flat[:, c].sum())
-            self.s2[c] += int((flat[:, c] * flat[:, c]).sum())
-
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        """Mean and population std in [0,1] units, in float64 from exact integer sums."""
-        if self.n == 0:
-            return [0.0] * 3, [0.0] * 3
-        mean = [s / self.n / 255.0 for s in self.s1]
-        var = [(s2 * self.n - s1 * s1) / (self.n * self.n) for s1, s2 in zip(self.s1, self.s2)]
-        return mean, [float(np.sqrt(v)) / 255.0 for v in var]
 
 
 def resize_to(img: np.ndarray, size: int) -> np.ndarray:
