@@ -198,6 +198,9 @@ def swap_into_place(tmp: Path, out: Path) -> None:
 
 def clean(out: Path) -> int:
     """`normfast convert --clean --out X`: only recover/remove marked leftovers; returns how many."""
-    n = len(leftovers(out))
-    recover(out)
+    try:
+        n = len(leftovers(out))
+        recover(out)
+    except OSError as e:
+        raise NormfastError(f"{e.filename or out}: {e.strerror or e}") from None
     return n

@@ -122,6 +122,21 @@ def test_clean_removes_only_marked_leftovers_of_dead_processes(tmp_path, capsys)
     assert f"removed {ours}" in capsys.readouterr().err
 
 
+def test_cli_clean_removes_a_killed_runs_temporary(tmp_path):
+    from click.testing import CliRunner
+    from normfast.cli import main
+    pid = dead_pid()
+    left = tmp_path / f".x.tmp-{pid}"
+    left.mkdir()
+    (left / MARKER).write_text("{}")
+    r = CliRunner().invoke(main, ["convert", "--clean", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    assert f"notice: removed {left}" in r.output and "1 leftover(s) of killed conversions handled" in r.output
+    assert list(tmp_path.iterdir()) == []
+    r = CliRunner().invoke(main, ["convert", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "error: convert: missing SOURCE" in r.output
+
+
 def test_a_failed_run_leaves_no_marked_or_unmarked_temporary(tmp_path, monkeypatch):
     import converters.convert as cv
 
