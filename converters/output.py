@@ -35,7 +35,10 @@ def check_replaceable(out: Path) -> None:
     nothing beyond what its manifest lists."""
     if not out.exists() and not out.is_symlink():
         return
-    if out.is_symlink() or not out.is_dir():
+    if out.is_symlink():
+        raise NormfastError(f"{out}: is a symlink; --force replaces only a real directory holding a normfast "
+                            "dataset (pass the directory it points to)")
+    if not out.is_dir():
         raise NormfastError(f"{out}: exists and is not a directory; --force replaces only a normfast dataset")
     entries = sorted(out.iterdir())
     if not entries:
@@ -123,15 +126,19 @@ def _marker_pid(path: Path) -> int | None:
 
 
 def leftovers(out: Path) -> list[tuple[Path, str]]:
-    """(path, kind) of the marked temporaries beside `out` whose process is gone."""
+    """(path, kind) of the temporaries beside `out` whose process is gone: marked ones, and empty
+    ones of exactly our name (a kill between mkdir and marker; removing them loses nothing)."""
     found = []
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)$")
     if not out.parent.is_dir():
         return found
     for p in sorted(out.parent.iterdir()):
         match = pattern.match(p.name)
-        if match and is_ours(p) and not _alive(int(match.group(2))):
-            found.append((p, match.group(1)))
+        if match and not _alive(int(match.group(2))):
+            if is_ours(p):
+                found.append((p, match.group(1)))
+            elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+                found.append((p, "empty"))    # killed between its mkdir and its marker: holds nothing
     return found
 
 
@@ -171,6 +178,10 @@ def recover(out: Path) -> None:
             (out / MARKER).unlink()
             notice(f"{out}: restored the dataset from {path.name}, left by a conversion killed while "
                    "replacing it")
+            continue
+        if kind == "empty":
+            os.rmdir(path)                    # fails, rather than deletes, if something appeared
+            notice(f"removed {path} (empty), left by a killed conversion")
             continue
         size = du(path)
         free_shared_memory(path)

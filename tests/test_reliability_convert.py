@@ -108,6 +108,43 @@ def test_a_kill_between_the_two_renames_is_recovered(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def _convert_and_die_at(out, step):
+    """In a forked child: replace `out` with --force, dying (as SIGKILL would: no cleanup) just
+    before the step-th filesystem action of the swap."""
+    import converters.output as o
+    calls = [0]
+
+    def dying(real):
+        def f(*a, **k):
+            calls[0] += 1
+            if calls[0] == step:
+                os._exit(9)
+            return real(*a, **k)
+        return f
+    o.mark, o.os.replace, o.shutil.rmtree = dying(o.mark), dying(os.replace), dying(o.shutil.rmtree)
+    synth(out, limit=30, force=True)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5, 6])
+def test_a_kill_at_any_step_of_the_swap_leaves_one_whole_dataset(tmp_path, step):
+    import multiprocessing
+    from converters.output import recover
+    from normfast.manifest import load_manifest
+    from normfast.verify import check_files
+    out = tmp_path / "data"
+    synth(out)
+    child = multiprocessing.get_context("fork").Process(target=_convert_and_die_at, args=(out, step))
+    child.start()
+    child.join(60)
+    assert child.exitcode in (0, 9)
+    recover(out)                              # what the next run does first
+    m = load_manifest(out)
+    assert m["splits"]["train"]["count"] in (20, 30)
+    check_files(out, m)                       # every listed file, nothing else (no marker left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_clean_removes_only_marked_leftovers_of_dead_processes(tmp_path, capsys):
     pid = dead_pid()
     ours, alive, user = (tmp_path / f".x.tmp-{pid}", tmp_path / f".x.tmp-{os.getpid()}",
