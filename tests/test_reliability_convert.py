@@ -59,6 +59,15 @@ def test_force_replaces_a_dataset_and_an_empty_directory(tmp_path):
     assert not (out / MARKER).exists()
 
 
+def test_force_refuses_an_output_that_is_a_symlink(tmp_path):
+    real = tmp_path / "real"
+    synth(real)
+    os.symlink(real, tmp_path / "link")
+    with pytest.raises(NormfastError, match=r"link: is a symlink; --force replaces only a real directory"):
+        synth(tmp_path / "link", force=True)
+    assert (tmp_path / "link").is_symlink() and (real / "manifest.json").is_file()
+
+
 def test_out_may_not_contain_or_lie_inside_the_source(tmp_path):
     d = tmp_path / "D"
     write_imagefolder(d / "raw")
