@@ -54,7 +54,7 @@ def _list(value: str) -> tuple[str, ...]:
 
 
 @main.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option("--src", type=click.Path(path_type=Path), help="Folder holding the source files.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--format", "fmt", default="ffcv,dali", show_default=True, help="Formats to write: ffcv, dali or both.")
@@ -65,7 +65,8 @@ def _list(value: str) -> tuple[str, ...]:
 @click.option("--download", is_flag=True, help="Fetch the source into --src first (cifar10, cifar100, svhn, tiny-imagenet-200).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def convert(source, src, out, fmt, encoding, quality, limit, size, download, force, quiet):
+@click.option("--clean", is_flag=True, help="Convert nothing: restore or remove what a killed conversion to --out left.")
+def convert(source, src, out, fmt, encoding, quality, limit, size, download, force, quiet, clean):
     """Convert a dataset SOURCE once into FFCV and DALI formats with a manifest.
 
     SOURCE is one of: cifar10, cifar100, svhn, tiny-imagenet-200, imagefolder, synthetic.
@@ -73,6 +74,13 @@ def convert(source, src, out, fmt, encoding, quality, limit, size, download, for
     files, atomically: on any error nothing is left behind.
     """
     from converters.convert import ConvertConfig, convert as run
+    if clean:
+        from converters.output import clean as run_clean
+        click.echo(f"{out}: {run_clean(out)} leftover(s) of killed conversions handled")
+        return
+    if source is None:
+        raise NormfastError("convert: missing SOURCE (one of cifar10, cifar100, svhn, tiny-imagenet-200, "
+                            "imagefolder, synthetic)")
     m = run(ConvertConfig(source=source, src=src, out=out, formats=_list(fmt), encoding=encoding,
                           quality=quality, limit=limit, size=size, force=force, download=download,
                           quiet=quiet))
