@@ -90,6 +90,8 @@ def test_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):
     a = [json.loads(x) for x in (full / "synthetic/resnet18-finetune-torch/metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (cut / "synthetic/resnet18-finetune-torch/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in b] == [0, 1, 2]
+    # the learning rate of every epoch equals the uninterrupted run's: one cosine over 3 epochs
+    assert [r["lr"] for r in b] == [r["lr"] for r in a] == pytest.approx([0.001, 0.00075, 0.00025])
     for ra, rb in zip(a, b):
         for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["epoch"], k)
