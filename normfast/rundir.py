@@ -194,8 +194,9 @@ class RunDir:
             raise NormfastError(f"{self.metrics_path}: cannot write it ({_why(e)})") from None
 
     def truncate_metrics(self, epochs: int) -> list[dict]:
-        """Keep the rows of epochs < `epochs` (those a checkpoint covers); returns them."""
-        rows = [r for r in self.read_metrics() if r["epoch"] < epochs]
+        """Keep the rows of epochs < `epochs` (those a checkpoint covers); returns them. A fresh
+        start (epochs=0) keeps nothing and so does not need to read the old file."""
+        rows = [r for r in self.read_metrics() if r["epoch"] < epochs] if epochs > 0 else []
         write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 

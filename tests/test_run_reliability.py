@@ -232,3 +232,16 @@ def test_kill_between_metrics_row_and_checkpoint(tiny, tmp_path, monkeypatch):
     rows = (tmp_path / RUN / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
     assert json.loads((tmp_path / RUN / "best_results.json").read_text())["finished"]
+
+
+def test_ddp_refusal_on_rank_0_stops_every_rank(tiny, tmp_path):
+    """Only rank 0 locks and checks the run directory; its refusal must end rank 1 too (no hang)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "normfast", *train_args(tiny, tmp_path / "runs", "--resume")]
+    r = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert r.returncode != 0
+    assert "nothing to resume (no last.pt)" in r.stderr and "rank 0 refused to start the run" in r.stderr
+    # torchrun's launcher prints its own traceback for a failed child; none comes from normfast
+    assert not [x for x in r.stderr.splitlines() if 'File "' in x and "/normfast/" in x], r.stderr[-2000:]
+    assert not (tmp_path / "runs" / RUN).exists()

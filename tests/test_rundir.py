@@ -93,6 +93,9 @@ def test_metrics_damage_in_the_middle_is_not_skipped(tmp_path):
     with pytest.raises(NormfastError, match=r"line 2 is not a JSON line; the file is damaged \(1 good rows"):
         run.read_metrics()
     assert [r["epoch"] for r in run.read_metrics(strict=False)] == [0]      # summaries: rows up to it
+    with pytest.raises(NormfastError, match="line 2"):
+        run.truncate_metrics(1)                              # resuming over damage is refused
+    assert run.truncate_metrics(0) == [] and run.metrics_path.read_text() == ""   # a fresh start is not
     assert RunDir(tmp_path / "none").read_metrics() == []
 
 
