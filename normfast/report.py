@@ -28,8 +28,9 @@ Decisions:
 - Accuracies are shown in percent (2 decimals), differences in percentage points.
 - An unfinished run (epochs_done < epochs) is shown with its progress, e.g.
   `61.20 (12/100 ep)`, and is not ranked (no bold/underline): a partial run is not a result.
-- Missing configurations are shown as `—`. Corrupt metrics lines (e.g. a line cut by a kill)
-  are skipped. No runs at all is an error.
+- Missing configurations are shown as `—`. A metrics line cut by a kill (the last one) is
+  dropped; any other damage to metrics.jsonl or best_results.json is an error naming the file
+  (normfast.rundir reads the run directories). No runs at all is an error.
 """
 from __future__ import annotations
 
@@ -41,10 +42,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 import normfast
 from normfast.errors import NormfastError
+from normfast.rundir import RunDir
 
 MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
 DATASETS = ("cifar10", "cifar100", "svhn", "tiny-imagenet-200")
@@ -215,14 +215,6 @@ class Run:
         return f"{self.epochs_done}/{self.epochs} ep"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def load_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
     """Every RUNS/<dataset>/<run>/ with a readable config.yaml, and notes on what was skipped."""
     runs_dir = Path(runs_dir)
@@ -232,16 +224,16 @@ def load_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
     runs, notes = [], []
     for cfg_path in sorted(runs_dir.glob("*/*/config.yaml")):
         run_dir = cfg_path.parent
+        rundir = RunDir(run_dir)
         try:
-            config = yaml.safe_load(cfg_path.read_text())
-        except (OSError, yaml.YAMLError):
+            config = rundir.read_config()
+        except NormfastError:
             config = None
         if not isinstance(config, dict) or not all(config.get(k) for k in ("model", "norm", "backend")):
             notes.append(f"`{run_dir}`: config.yaml unreadable or incomplete; skipped")
             continue
-        metrics_path = run_dir / "metrics.jsonl"
-        metrics = parse_metrics(metrics_path.read_text()) if metrics_path.exists() else []
-        run = Run(run_dir, config, metrics, _read_json(run_dir / "best_results.json"))
+        # a damaged metrics.jsonl or best_results.json is an error naming the file (a cut last line is not)
+        run = Run(run_dir, config, rundir.read_metrics(), rundir.read_best())
         if run.best_acc is None:
             notes.append(f"`{run_dir}`: no epoch finished yet; not in the accuracy tables")
         runs.append(run)

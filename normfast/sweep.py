@@ -7,7 +7,6 @@ configuration starting at the i-th so that n machines share the list without ove
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from normfast.config import resolve_train_config
 from normfast.configs import load_yaml
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
+from normfast.rundir import RunDir
 
 GRID_KEYS = {"data_root", "runs", "datasets", "models", "norms", "backends", "seeds", "train"}
 
@@ -45,7 +45,14 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
     unknown = set(grid) - GRID_KEYS
     if unknown:
         raise NormfastError(f"grid: unknown key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(GRID_KEYS))}")
-    axes = {k: list(grid.get(k) or []) for k in ("datasets", "models", "norms", "backends")}
+    axes = {}
+    for k in ("datasets", "models", "norms", "backends"):
+        value = grid.get(k) or []
+        if isinstance(value, str):     # `models: resnet18` is one name, not one run per character
+            value = [value]
+        if not isinstance(value, list):
+            raise NormfastError(f"grid: {k} must be a list of names, got {value!r}")
+        axes[k] = [str(v) for v in value]
     for key, wanted in filters.items():
         if wanted:
             missing = [w for w in wanted if w not in axes[key]]
@@ -73,7 +80,7 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
 
 def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, shard: str | None = None,
           overrides: dict | None = None, dry_run: bool = False, echo=print) -> list[dict]:
-    from normfast.train import is_finished, train
+    from normfast.train import train
     grid = load_yaml(grid_path)
     runs = plan(grid, filters, seeds, shard)
     data_root = Path(grid.get("data_root", "data"))
@@ -85,16 +92,17 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
         try:
             manifest = load_manifest(data_root / r.dataset)
             cfg = resolve_train_config(
-                None, **(dict(grid.get("train") or {}) | (overrides or {}) |
-                         dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
-                              seed=r.seed, runs=runs_root, run_name=r.run_name)))
+                None, layers=[(f"{grid_path}: train", grid.get("train") or {})],
+                **((overrides or {}) |
+                   dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
+                        seed=r.seed, runs=runs_root, run_name=r.run_name)))
             run_dir = cfg.run_dir(manifest["name"])
-            if is_finished(run_dir, cfg.epochs):
+            if RunDir(run_dir).finished(cfg.epochs):
                 row["status"] = "done before"
             elif dry_run:
-                row["status"] = "to resume" if (run_dir / "last.pt").exists() else "to run"
+                row["status"] = "to resume" if RunDir(run_dir).has_checkpoint() else "to run"
             else:
-                cfg.resume = (run_dir / "last.pt").exists()
+                cfg.resume = RunDir(run_dir).has_checkpoint()
                 echo(f"{label}: {'resuming' if cfg.resume else 'starting'}")
                 train(cfg)
                 row["status"] = "ran"
@@ -110,14 +118,11 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
 
 def summarize(run_dir: Path) -> dict:
     out = {"run_dir": str(run_dir)}
-    best = run_dir / "best_results.json"
-    if best.exists():
-        out |= {k: v for k, v in json.loads(best.read_text()).items() if k in ("best_acc", "best_epoch")}
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-        if rows:
-            out["train_images_per_second"] = sum(r["train_images_per_second"] for r in rows) / len(rows)
+    run = RunDir(run_dir)
+    out |= {k: v for k, v in run.read_best().items() if k in ("best_acc", "best_epoch")}
+    rows = [r for r in run.read_metrics(strict=False) if isinstance(r.get("train_images_per_second"), (int, float))]
+    if rows:
+        out["train_images_per_second"] = sum(r["train_images_per_second"] for r in rows) / len(rows)
     return out
 
 

@@ -52,11 +52,12 @@ def test_sweep_runs_skips_and_summarizes(grid_setup):
     assert r.output.count(": ran\n") == 2 and "| synthetic | resnet18 | minmax | resident | 223 | ran |" in r.output
     r = CliRunner().invoke(main, ["sweep", str(path), "-q"])
     assert r.exit_code == 0 and r.output.count(": done before\n") == 2
+    # a longer --epochs is another run (its cosine schedule differs): refused, the run left as it was
     r = CliRunner().invoke(main, ["sweep", str(path), "-q", "--epochs", "2", "--norm", "minmax"])
-    assert r.exit_code == 0, r.output
-    assert "resuming" in r.output
+    assert r.exit_code == 1, r.output
+    assert "failed: " in r.output and "--resume with --epochs 2, but this run was scheduled for 1 epochs" in r.output
     rows = (root / "runs/synthetic/resnet18-minmax-resident/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in rows] == [0, 1]
+    assert [json.loads(x)["epoch"] for x in rows] == [0]
 
 
 def test_sweep_reports_missing_data_and_fails(tmp_path):
