@@ -11,45 +11,23 @@ Timing is synchronized on CUDA, warm-up is excluded, repeats give a median and a
 """
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import statistics
 import time
 
 import torch
 
+from normfast.device import resolve_device, sync, use_device
 from normfast.errors import NormfastError
-from normfast.loaders import backends, build_loader, resolve_device
+from normfast.loaders import backends, build_loader
 from normfast.normalization import settings
+from normfast.provenance import provenance
 from normfast.registry import parse_list
 
 
 def machine() -> dict:
-    import numpy
-    import torchvision
-    info = {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
-            "cpu": _cpu_name(), "cpus": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    from importlib.metadata import PackageNotFoundError, version
-    for dist_name, module, key in (("nvidia-dali-cuda120", "nvidia.dali", "dali"), ("ffcv", "ffcv", "ffcv")):
-        try:
-            info[key] = version(dist_name)
-        except PackageNotFoundError:   # carried onto PYTHONPATH without metadata, or absent
-            import importlib.util
-            info[key] = "present (no metadata)" if importlib.util.find_spec(module) else None
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    """What every benchmark JSON records beside its figures (see normfast.provenance)."""
+    return provenance()
 
 
 def cpu_seconds() -> float:
@@ -57,41 +35,44 @@ def cpu_seconds() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ---------------------------------------------------------------- loaders
+
+ORDERS = ("shuffled", "stored")   # an epoch in the contract's shuffled order, or in stored order
+
 
 def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str = "float32",
                   batch_size: int = 256, epochs: int = 1, max_batches: int | None = None,
-                  num_workers: int = 2, echo=print) -> list[dict]:
+                  num_workers: int = 2, orders: str = "shuffled", echo=print) -> list[dict]:
     device = resolve_device(device)
+    use_device(device)
     if epochs < 1 or (max_batches is not None and max_batches < 1):
         raise NormfastError("--epochs and --max-batches must be at least 1")
+    order_list = [o.strip() for o in orders.split(",") if o.strip()]
+    bad = [o for o in order_list if o not in ORDERS]
+    if bad or not order_list:
+        raise NormfastError(f"--order {orders!r}: valid: {', '.join(ORDERS)} (comma-separated)")
     records = []
     for backend in parse_list(backends_, backends):
         for norm in parse_list(norms, settings):
-            loader = build_loader(data_dir, "train", backend, batch_size, norm, augment=True,
-                                  device=device, dtype=dtype, seed=0, shuffle=True,
-                                  num_workers=num_workers)
-            for _ in _take(loader, max_batches):          # warm-up epoch: compile, caches
-                pass
-            sync(device)
-            images, cpu0, t0 = 0, cpu_seconds(), time.perf_counter()
-            for _ in range(epochs):
-                for x, _ in _take(loader, max_batches):
-                    images += x.shape[0]
-            sync(device)
-            seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-            rec = {"backend": backend, "norm": norm, "device": str(device), "dtype": dtype,
-                   "batch_size": batch_size, "images": images, "seconds": seconds,
-                   "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000}
-            echo(f"{backend:9s} {norm:9s} {rec['images_per_second']:10.0f} img/s  "
-                 f"{rec['cpu_seconds_per_1000']:.3f} CPU s/1000 img")
-            records.append(rec)
-            del loader
+            for order in order_list:
+                with build_loader(data_dir, "train", backend, batch_size, norm, augment=True, device=device,
+                                  dtype=dtype, seed=0, shuffle=order == "shuffled",
+                                  num_workers=num_workers) as loader:
+                    for _ in _take(loader, max_batches):          # warm-up epoch: compile, caches
+                        pass
+                    sync(device)
+                    images, cpu0, t0 = 0, cpu_seconds(), time.perf_counter()
+                    for _ in range(epochs):
+                        for x, _ in _take(loader, max_batches):
+                            images += x.shape[0]
+                    sync(device)
+                    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+                rec = {"backend": backend, "norm": norm, "order": order, "device": str(device), "dtype": dtype,
+                       "batch_size": batch_size, "images": images, "seconds": seconds,
+                       "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000}
+                echo(f"{backend:9s} {norm:9s} {order:8s} {rec['images_per_second']:10.0f} img/s  "
+                     f"{rec['cpu_seconds_per_1000']:.3f} CPU s/1000 img")
+                records.append(rec)
     return records
 
 
@@ -103,12 +84,14 @@ def _take(loader, max_batches):
 
 
 def format_loader_table(records: list[dict]) -> str:
-    base = {r["norm"]: r["images_per_second"] for r in records if r["backend"] == "torch"}
-    lines = ["| backend | norm | device | images/s | × torch | CPU s / 1000 img |", "|---|---|---|---|---|---|"]
+    key = lambda r: (r["norm"], r.get("order", "shuffled"))   # noqa: E731
+    base = {key(r): r["images_per_second"] for r in records if r["backend"] == "torch"}
+    lines = ["| backend | norm | order | device | images/s | × torch | CPU s / 1000 img |",
+             "|---|---|---|---|---|---|---|"]
     for r in records:
-        ratio = f"{r['images_per_second'] / base[r['norm']]:.1f}×" if r["norm"] in base else "—"
-        lines.append(f"| {r['backend']} | {r['norm']} | {r['device']} | {r['images_per_second']:,.0f} | "
-                     f"{ratio} | {r['cpu_seconds_per_1000']:.3f} |")
+        ratio = f"{r['images_per_second'] / base[key(r)]:.1f}×" if key(r) in base else "—"
+        lines.append(f"| {r['backend']} | {r['norm']} | {r.get('order', 'shuffled')} | {r['device']} | "
+                     f"{r['images_per_second']:,.0f} | {ratio} | {r['cpu_seconds_per_1000']:.3f} |")
     return "\n".join(lines)
 
 
@@ -117,59 +100,68 @@ def format_loader_table(records: list[dict]) -> str:
 def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", norm: str = "finetune",
                 device=None, amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5,
                 repeats: int = 3, num_workers: int = 2, echo=print) -> list[dict]:
-    from normfast.config import resolve_train_config
+    """Per model x compile mode, one TrainStep (one compilation); per backend, its loader is
+    built, measured against that step's ceiling in alternating repeats, and closed."""
+    from normfast.manifest import load_manifest
     from normfast.models import models
-    from normfast.train import Trainer
+    from normfast.train import AMP_DTYPES, TrainStep, resolve_amp
     if steps < 1 or warmup < 0 or repeats < 1:
         raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
+    device = resolve_device(device)
+    use_device(device)
+    manifest = load_manifest(data_dir)
+    amp = resolve_amp(amp, device)
+    in_dtype = AMP_DTYPES.get(amp, torch.float32)
+    compile_modes = [c.strip() for c in compiles.split(",") if c.strip()]
+    for c in compile_modes:
+        if c not in COMPILE_MODES:
+            raise NormfastError(f"--compile {c!r}: valid: {', '.join(COMPILE_MODES)}")
+        if c == "cudagraphs" and device.type != "cuda":
+            raise NormfastError("--compile cudagraphs needs a CUDA device")
     records = []
     backend_names = parse_list(backends_, backends)
     for model in parse_list(models_, models):
-        for compile_mode in [c.strip() for c in compiles.split(",") if c.strip()]:
-            # one model (and one compilation) per model x compile mode; only the loader changes
-            cfg = resolve_train_config(None, data=str(data_dir), model=model, backend=backend_names[0],
-                                       norm=norm, batch_size=batch_size, amp=amp, compile=compile_mode,
-                                       device=device or "auto", num_workers=num_workers, quiet=True)
-            trainer = Trainer(cfg)
-            trainer.build()
+        for compile_mode in compile_modes:
+            step = TrainStep(model, len(manifest["classes"]), pretrained="none", device=device, amp=amp,
+                             compile=compile_mode, lr=1e-3, epochs=1, scheduler="none", seed=223,
+                             static_batch_sizes=(batch_size,))
+            step.train(True)
             for backend in backend_names:
-                trainer.cfg.backend = backend
-                trainer.train_loader = None          # release the previous loader first
-                # full batches only: a compiled step would recompile (and a CUDA graph be
-                # recorded again) for a partial batch inside the timed window
-                trainer.train_loader = build_loader(
-                    data_dir, "train", backend, batch_size, norm, augment=True, device=trainer.device,
-                    dtype=trainer.in_dtype, seed=cfg.seed, shuffle=True, drop_last=True,
-                    num_workers=num_workers)
-                if len(trainer.train_loader) == 0:
-                    raise NormfastError(f"{data_dir}: fewer train images than --batch-size {batch_size}")
-                rec = _bench_one(trainer, steps, warmup, repeats)
+                # full batches only: a partial batch would run eagerly (see TrainStep)
+                with build_loader(data_dir, "train", backend, batch_size, norm, augment=True, device=device,
+                                  dtype=in_dtype, seed=223, shuffle=True, drop_last=True,
+                                  num_workers=num_workers) as loader:
+                    if len(loader) == 0:
+                        raise NormfastError(f"{data_dir}: fewer train images than --batch-size {batch_size}")
+                    rec = _bench_one(step, loader, device, steps, warmup, repeats)
                 rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
-                        "device": str(trainer.device), "amp": trainer.amp, "batch_size": batch_size,
-                        "image_shape": trainer.manifest["image_shape"]}
+                        "device": str(device), "amp": amp, "batch_size": batch_size,
+                        "image_shape": manifest["image_shape"]}
                 echo(f"{model:11s} {compile_mode:10s} {backend:9s} ceiling {rec['ceiling_images_per_second']:9.0f}  "
                      f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
                      f"data wait {rec['data_wait_fraction']:.0%}")
                 records.append(rec)
-            del trainer
+            del step
     return records
 
 
-def _bench_one(trainer, steps: int, warmup: int, repeats: int) -> dict:
-    device = trainer.device
-    stream = _endless(trainer.train_loader)
+COMPILE_MODES = ("none", "default", "cudagraphs")
+
+
+def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> dict:
+    stream = _endless(loader)
     x0, y0 = next(stream)
     x0, y0 = x0.clone(), y0.clone()
     ceil, e2e, waits = [], [], []
     for _ in range(warmup):
-        trainer.step(x0, y0)
+        step(x0, y0)
     for _ in range(warmup):
-        trainer.step(*next(stream))
+        step(*next(stream))
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            trainer.step(x0, y0)
+            step(x0, y0)
         sync(device)
         ceil.append(steps * len(y0) / (time.perf_counter() - t0))
         images, wait = 0, 0.0
@@ -179,12 +171,13 @@ def _bench_one(trainer, steps: int, warmup: int, repeats: int) -> dict:
             t1 = time.perf_counter()
             x, y = next(stream)
             wait += time.perf_counter() - t1
-            trainer.step(x, y)
+            step(x, y)
             images += len(y)
         sync(device)
         seconds = time.perf_counter() - t0
         e2e.append(images / seconds)
         waits.append(wait / seconds)
+    stream.close()
     c, e = statistics.median(ceil), statistics.median(e2e)
     return {"ceiling_images_per_second": c, "ceiling_spread": (max(ceil) - min(ceil)) / c,
             "images_per_second": e, "spread": (max(e2e) - min(e2e)) / e, "efficiency": e / c,

@@ -265,14 +265,17 @@ def _write_bench_json(path, records):
 @click.option("--epochs", default=1, show_default=True, help="Timed epochs after one warm-up epoch.")
 @click.option("--max-batches", type=int, help="Cap batches per epoch (quick runs).")
 @click.option("--num-workers", default=2, show_default=True, help="Worker threads/processes per loader.")
+@click.option("--order", default="shuffled", show_default=True,
+              help="shuffled (the training order), stored (no shuffle), or both: shuffled,stored.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the records as JSON.")
-def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, max_batches, num_workers, json_path):
+def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, max_batches, num_workers, order,
+                      json_path):
     """Images/s of augmented, normalized batches on the device, per backend and setting,
-    with CPU seconds per 1,000 images."""
+    with CPU seconds per 1,000 images. Each loader is closed before the next is built."""
     from normfast.bench import bench_loaders, format_loader_table
     _check_output_file("--json", json_path)
     records = bench_loaders(data, backend, norm, device, dtype, batch_size, epochs, max_batches,
-                            num_workers, echo=click.echo)
+                            num_workers, order, echo=click.echo)
     click.echo(format_loader_table(records))
     _write_bench_json(json_path, records)
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from normfast.config import TrainConfig
+from normfast.device import Dist, sync, use_device
 from normfast.errors import NormfastError
-from normfast.loaders import build_loader, resolve_device
+from normfast.loaders import build_loader
 from normfast.manifest import load_manifest
 from normfast.models import build_model
 from normfast.progress import progress_bar
+from normfast.provenance import provenance
 from normfast.rundir import BEST_CKPT, LAST, RunDir, dataset_identity
 
 loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
@@ -39,46 +39,86 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return amp
 
 
-class Dist:
-    """World size / rank from torchrun's environment (1 / 0 otherwise)."""
+class TrainStep:
+    """Model, optimizer, schedule, precision, DDP and compilation: one training (or eval)
+    step on a batch. `bench train` times this very object against its ceiling.
 
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
+    Compiled steps (`--compile default|cudagraphs`) see only the batch sizes they were made
+    for (`static_batch_sizes`: the train and the test batch size), with `dynamic=False`:
+    a partial last batch (50,000 % 256 = 80) runs the same module eagerly instead of
+    recompiling for a new shape (a dynamic-shape recompile crashed the compiled backward of
+    channels-last convolutions on torch 2.11) or recording another CUDA graph. Every sample
+    is still trained once per epoch, with the same parameters and optimizer step: the
+    recipe does not change, only which kernels compute the last batch. Train and eval
+    modes get separate graphs; `cudagraph_mark_step_begin` marks each compiled call as a
+    new step, so a graph's outputs are read before the next replay overwrites them.
+    """
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    def __init__(self, model: str, num_classes: int, *, pretrained: str, device: torch.device, amp: str,
+                 compile: str, lr: float, epochs: int, scheduler: str, seed: int, dist: Dist | None = None,
+                 static_batch_sizes=()):
+        torch.manual_seed(seed)
+        net, self.weights = build_model(model, num_classes, pretrained)
+        self.device, self.amp = device, amp
+        self.model = net.to(device, memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=epochs)
+                      if scheduler == "cosine" else None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+                         if amp in AMP_DTYPES else contextlib.nullcontext())
+        self.ddp = self.model
+        if dist is not None and dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.compiled = None
+        self.cudagraphs = compile == "cudagraphs"
+        if compile != "none":
+            self.compiled = torch.compile(self.ddp, mode="reduce-overhead" if self.cudagraphs else None,
+                                          dynamic=False)
+        self.static = frozenset(static_batch_sizes)
 
-    def init(self, device: torch.device) -> None:
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    def module_for(self, batch: int) -> nn.Module:
+        """The compiled module for the batch sizes it was made for, else the eager one."""
+        return self.compiled if self.compiled is not None and batch in self.static else self.ddp
 
-    def sum(self, values: list[float], device) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(t)
-        return t.tolist()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, train: bool = True):
+        """One forward (and, when training, backward + optimizer) step; returns (loss, logits)."""
+        module = self.module_for(len(x))
+        if module is self.compiled and self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast:
+            out = module(x)
+            loss = loss_fn(out.float(), y)
+        if train:
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        return loss, out
 
-    def min(self, value: float, device) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return t.item()
+    def train(self, mode: bool) -> None:
+        self.ddp.train(mode)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched and state["scheduler"]:
+            self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.dist = Dist()
-        dev = None if cfg.device == "auto" else cfg.device
-        if self.dist.enabled and (dev or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
-            dev = f"cuda:{self.dist.local_rank}"
-        self.device = resolve_device(dev)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        self.device = self.dist.device(cfg.device)     # a CUDA device always has its index here
+        use_device(self.device)
         self.dist.init(self.device)
         self.amp = resolve_amp(cfg.amp, self.device)
         if cfg.compile == "cudagraphs" and self.device.type != "cuda":
@@ -91,23 +131,12 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def build(self):
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
-        model, self.weights = build_model(cfg.model, len(self.manifest["classes"]), cfg.pretrained)
-        self.model = model.to(self.device, memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs)
-                      if cfg.scheduler == "cosine" else None)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
-                         if self.amp in AMP_DTYPES else contextlib.nullcontext())
-        self.ddp = self.model
-        if self.dist.enabled:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.step_model = self.ddp
-        if cfg.compile != "none":
-            mode = "reduce-overhead" if cfg.compile == "cudagraphs" else None
-            self.step_model = torch.compile(self.ddp, mode=mode)
+        self.step = TrainStep(cfg.model, len(self.manifest["classes"]), pretrained=cfg.pretrained,
+                              device=self.device, amp=self.amp, compile=cfg.compile, lr=cfg.lr,
+                              epochs=cfg.epochs, scheduler=cfg.scheduler, seed=cfg.seed, dist=self.dist,
+                              static_batch_sizes=(cfg.batch_size, cfg.test_batch_size))
+        self.model, self.opt, self.sched, self.weights = (self.step.model, self.step.opt, self.step.sched,
+                                                          self.step.weights)
         common = dict(backend=cfg.backend, norm=cfg.norm, device=self.device, dtype=self.in_dtype,
                       seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size,
                       stats=cfg.stats, num_workers=cfg.num_workers)
@@ -116,29 +145,21 @@ class Trainer:
         self.test_loader = build_loader(cfg.data, "test", batch_size=cfg.test_batch_size, augment=False,
                                         shuffle=False, drop_last=False, **common)
 
+    def close(self) -> None:
+        """Release both loaders (pipelines, threads, device memory)."""
+        for loader in (getattr(self, "train_loader", None), getattr(self, "test_loader", None)):
+            if loader is not None:
+                loader.close()
+
     def state(self, epoch: int, best: dict) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict() if self.sched else None,
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "best": best, "amp": self.amp,
-                "config": asdict(self.cfg), "weights": self.weights}
+        return self.step.state_dict() | {"epoch": epoch, "best": best, "amp": self.amp,
+                                         "config": asdict(self.cfg), "weights": self.weights}
 
     # ------------------------------------------------------------------ epochs
-    def step(self, x: torch.Tensor, y: torch.Tensor, train: bool = True):
-        """One forward (and, when training, backward + optimizer) step; returns (loss, logits)."""
-        with self.autocast:
-            out = self.step_model(x)
-            loss = loss_fn(out.float(), y)
-        if train:
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        return loss, out
-
     def run_epoch(self, epoch: int, train: bool) -> dict:
         loader = self.train_loader if train else self.test_loader
         loader.set_epoch(epoch)
-        self.ddp.train(train)
+        self.step.train(train)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -181,8 +202,7 @@ class Trainer:
                 "data_wait_fraction": total_wait / self.dist.world_size / seconds if seconds else 0.0}
 
     def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        sync(self.device)
 
     def _check_finite(self, finite: torch.Tensor, epoch: int, steps: int, what: str = "loss") -> None:
         """Stop on a NaN/inf loss; under DDP every rank learns of any rank's (no hang)."""
@@ -226,7 +246,7 @@ class Trainer:
             if self.dist.main:
                 resolved = asdict(cfg) | {"dataset": self.dataset, "weights": self.weights, "amp": self.amp,
                                           "device": str(self.device), "world_size": self.dist.world_size,
-                                          "versions": versions(), "data_identity": identity}
+                                          "versions": provenance(), "data_identity": identity}
                 run.write_config(resolved)
                 run.truncate_metrics(start)      # rows beyond the checkpoint are trained again
             for epoch in range(start, cfg.epochs):
@@ -260,8 +280,7 @@ class Trainer:
                               flush=True)
             if self.dist.main and start >= cfg.epochs:     # killed after its last last.pt
                 self._write_best(best, start)
-            if self.dist.enabled:
-                dist.barrier()
+            self.dist.barrier()
         return best
 
     def _all_ranks_agree(self, refusal: NormfastError | None) -> None:
@@ -275,11 +294,7 @@ class Trainer:
 
     def _load_state(self, ckpt: dict, path: Path) -> tuple[int, dict]:
         try:
-            self.model.load_state_dict(ckpt["model"])
-            self.opt.load_state_dict(ckpt["optimizer"])
-            if self.sched and ckpt["scheduler"]:
-                self.sched.load_state_dict(ckpt["scheduler"])
-            self.scaler.load_state_dict(ckpt["scaler"])
+            self.step.load_state_dict(ckpt)
             return int(ckpt["epoch"]) + 1, dict(ckpt["best"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise NormfastError(f"{path}: does not fit this run ({type(e).__name__}: "
@@ -318,23 +333,13 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, amp: str, path: Path, identity
                             "start a new run with --run-name")
 
 
-def versions() -> dict:
-    import numpy
-    import torchvision
-    out = {"python": platform.python_version(), "torch": str(torch.__version__),
-           "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
-           "machine": platform.machine(), "cpus": os.cpu_count(),
-           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    return out
-
-
 def train(cfg: TrainConfig) -> dict:
     trainer = Trainer(cfg)
     try:
         return trainer.fit()
     finally:
-        if trainer.dist.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+        trainer.close()
+        trainer.dist.close()
 
 
 def is_finished(run_dir: Path, epochs: int | None = None) -> bool:

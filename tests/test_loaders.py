@@ -270,3 +270,60 @@ def test_every_backend_visits_the_contract_order(edge, backend, world_size):
             for e in (0, 1):
                 _, y, _ = epoch(ld)      # edge labels are the stored indices
                 assert y.tolist() == epoch_order(EDGE_N, 21, e, shuffle, rank, world_size).tolist()
+
+
+def test_backends_share_one_augmentation_stream(synthetic):
+    """resident, ffcv and dali take order, crops and flips from EpochLoader.plan: for one
+    seed and epoch they yield the same augmented batches (up to float rounding)."""
+    out = {}
+    for backend in ("resident", "ffcv", "dali"):
+        with loader(synthetic, backend, "pretrain", augment=True, shuffle=True, seed=9, batch_size=100) as ld:
+            ld.set_epoch(3)
+            out[backend] = epoch(ld)[:2]
+    for backend in ("ffcv", "dali"):
+        assert torch.equal(out[backend][1], out["resident"][1])
+        torch.testing.assert_close(out[backend][0], out["resident"][0], rtol=0, atol=1e-5)
+
+
+def _threads() -> int:
+    import os
+    return len(os.listdir("/proc/self/task"))     # native threads too (DALI's are not Python's)
+
+
+@pytest.mark.parametrize("backend_", ["dali", "ffcv"])
+def test_close_stops_the_loaders_threads(synthetic, backend_):
+    import gc
+    kw = dict(augment=True, shuffle=True, batch_size=64)
+    with loader(synthetic, backend_, "finetune", **kw) as warm:     # thread pools of torch/numba/DALI
+        epoch(warm)
+    gc.collect()
+    before = _threads()
+    ld = loader(synthetic, backend_, "finetune", **kw)
+    epoch(ld)
+    it = iter(ld)                  # an epoch broken off, still holding its threads
+    next(it)
+    assert _threads() > before
+    ld.close()
+    del it
+    assert _threads() <= before
+    with pytest.raises(NormfastError, match="closed"):
+        iter(ld)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_close_returns_gpu_memory(synthetic, backend):
+    import gc
+    gc.collect()
+    torch.cuda.synchronize()
+    free_before = torch.cuda.mem_get_info()[0]
+    allocated = torch.cuda.memory_allocated()
+    ld = loader(synthetic, backend, "finetune", augment=True, shuffle=True, device="cuda", batch_size=256)
+    x, y, _ = epoch(ld)
+    del x, y
+    ld.close()
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() <= allocated
+    # DALI and FFCV allocate outside torch: what they took must be back, give or take 64 MiB
+    assert torch.cuda.mem_get_info()[0] >= free_before - (64 << 20)

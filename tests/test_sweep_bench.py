@@ -80,7 +80,7 @@ def test_bench_loaders_json(synthetic_dir, tmp_path):
     for x in recs:
         assert {"backend", "norm", "device", "images_per_second", "cpu_seconds_per_1000"} <= set(x)
         assert x["images"] == 128 and x["images_per_second"] > 0 and x["cpu_seconds_per_1000"] > 0
-    assert "| torch | finetune | cpu |" in r.output and "1.0×" in r.output
+    assert "| torch | finetune | shuffled | cpu |" in r.output and "1.0×" in r.output
 
 
 def test_bench_train_table(synthetic_dir, tmp_path):
