@@ -1,43 +1,149 @@
 #!/usr/bin/env bash
-# GPU check: on a machine with one CUDA GPU where torch, torchvision, numpy, click, pyyaml,
-# tqdm, pillow, scipy and matplotlib are installed (DALI and FFCV optional), with no network,
-# measure for ResNet18 and ResNet50 at 32 px, batch 256, bf16, channels-last, eager and CUDA
-# graphs: the model-bound ceiling and each backend's end-to-end images/s and efficiency.
-# Converts the built-in synthetic dataset; needs no download. Prints one markdown table and
-# writes it (with the machine) to $OUT (default benchmarks/results/gpu-check-<gpu>.{md,json}).
-#   bash benchmarks/gpu_check.sh            # DEVICE=cpu STEPS=3 for a dry run without a GPU
-set -euo pipefail
+# The GPU acceptance check: on a machine with one CUDA GPU where torch, torchvision, numpy,
+# click, pyyaml, tqdm, pillow, scipy and matplotlib are installed (DALI and FFCV optional:
+# their rows and targets are skipped, and said so, when they do not import), with no
+# network. Converts the built-in synthetic dataset (no download) and runs, each step in its
+# own process, writing as it goes:
+#   tests   the CUDA tests (pytest -k "cuda or gpu")
+#   table   bench train: ResNet18 and ResNet50, 32 px, batch 256, bf16, channels-last,
+#           eager and CUDA graphs, every backend against the same-process ceiling
+#           (each loader built, measured and closed before the next); dali on JPEG
+#           shards (nvJPEG) eager
+#   dense   bench train: the DenseNet121/161 eager and CUDA-graph ceilings with resident
+#   train   a short real `normfast train` per backend, eager and --compile cudagraphs, on a
+#           train split of 1,000 images (1000 % 256 = 232: a partial last batch) and a
+#           test split of 200 with --test-batch-size 64 (a partial test batch)
+# and ends with one PASS/FAIL/SKIP line per target. Results: $RESULTS.{md,json,log}
+# (default benchmarks/results/gpu-check-<gpu>), plus per-step logs beside them.
+#   bash benchmarks/gpu_check.sh                         # the whole check (< 8 min on an H100/H200)
+#   STEPS_ONLY="tests table train" bash benchmarks/gpu_check.sh   # a subset
+#   DEVICE=cpu bash benchmarks/gpu_check.sh              # dry run without a GPU (tiny, eager only)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-STEPS=${STEPS:-30}
-LIMIT=${LIMIT:-20000}
-MODELS=${MODELS:-resnet18,resnet50}
-COMPILES=${COMPILES:-none,cudagraphs}
+STEPS_ONLY=${STEPS_ONLY:-tests table dense train}
 WORK=${WORK:-$(mktemp -d)}
-[ "$DEVICE" = cpu ] && COMPILES=${COMPILES/cudagraphs/default}
+if [ "$DEVICE" = cpu ]; then
+  LIMIT=${LIMIT:-1200}; STEPS=${STEPS:-2}; WARMUP=${WARMUP:-1}; REPEATS=${REPEATS:-1}
+  COMPILES=${COMPILES:-none}; AMP=off; MODELS=${MODELS:-resnet18}; DENSE=${DENSE:-}
+  TRAIN_COMPILES=${TRAIN_COMPILES:-none}
+else
+  LIMIT=${LIMIT:-20000}; STEPS=${STEPS:-30}; WARMUP=${WARMUP:-10}; REPEATS=${REPEATS:-3}
+  COMPILES=${COMPILES:-none,cudagraphs}; AMP=bf16; MODELS=${MODELS:-resnet18,resnet50}
+  DENSE=${DENSE:-densenet121,densenet161}; TRAIN_COMPILES=${TRAIN_COMPILES:-none cudagraphs}
+fi
+NW=${NUM_WORKERS:-$(nproc)}
 
 backends=resident,torch
 formats=dali
-if "$PY" -c "import nvidia.dali" 2>/dev/null; then backends="$backends,dali"; else echo "gpu_check: DALI not importable here; no dali rows"; fi
-if "$PY" -c "import ffcv" 2>/dev/null; then backends="$backends,ffcv"; formats="dali,ffcv"; else echo "gpu_check: FFCV not importable here; no ffcv rows"; fi
-
-"$PY" -m normfast convert synthetic --out "$WORK/synthetic" --limit "$LIMIT" --format "$formats" --force -q
+if "$PY" -c "import nvidia.dali" 2>/dev/null; then backends="$backends,dali"; else echo "gpu_check: DALI does not import here: no dali rows"; fi
+if "$PY" -c "import ffcv" 2>/dev/null; then backends="$backends,ffcv"; formats="dali,ffcv"; else echo "gpu_check: FFCV does not import here: no ffcv rows"; fi
 gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-') if torch.cuda.is_available() else 'cpu')")
-OUT=${OUT:-benchmarks/results/gpu-check-$gpu}
-"$PY" -m normfast bench train --data "$WORK/synthetic" --backend "$backends" --model "$MODELS" \
-  --compile "$COMPILES" --device "$DEVICE" --amp "$([ "$DEVICE" = cpu ] && echo off || echo bf16)" \
-  --batch-size 256 --steps "$STEPS" --warmup 10 --repeats 3 --num-workers "$(nproc)" --json "$OUT.json" \
-  | tee "$OUT.log"
-"$PY" - "$OUT.json" "$OUT.md" <<'PYEOF'
+RESULTS=${RESULTS:-benchmarks/results/gpu-check-$gpu}
+mkdir -p "$(dirname "$RESULTS")"
+status="$RESULTS.status"; : > "$status"
+log() { echo "gpu_check $(date +%H:%M:%S): $*"; }
+run_step() {  # name, command...: runs it, logs to $RESULTS.<name>.log, records its exit status
+  local name=$1; shift
+  log "$name: $*"
+  "$@" 2>&1 | tee "$RESULTS.$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "$name $rc" >> "$status"
+  log "$name exited $rc"
+}
+want() { case " $STEPS_ONLY " in *" $1 "*) return 0;; esac; return 1; }
+
+log "converting synthetic data into $WORK"
+"$PY" -m normfast convert synthetic --out "$WORK/syn" --limit "$LIMIT" --format "$formats" --force -q || exit 1
+"$PY" -m normfast convert synthetic --out "$WORK/syn-small" --limit 1000 --format "$formats" --force -q || exit 1
+if [[ $backends == *dali* ]]; then
+  "$PY" -m normfast convert synthetic --out "$WORK/syn-jpg" --limit "$LIMIT" --format dali --encoding jpg --force -q || exit 1
+fi
+
+if want tests; then
+  run_step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_loaders.py \
+    tests/test_ffcv_backend.py -k "cuda or gpu"
+fi
+
+bench=("$PY" -m normfast bench train --device "$DEVICE" --amp "$AMP" --batch-size 256 --steps "$STEPS"
+       --warmup "$WARMUP" --repeats "$REPEATS" --num-workers "$NW")
+if want table; then
+  run_step table "${bench[@]}" --data "$WORK/syn" --backend "$backends" --model "$MODELS" \
+    --compile "$COMPILES" --json "$RESULTS.table.json"
+  if [[ $backends == *dali* ]]; then
+    run_step jpg "${bench[@]}" --data "$WORK/syn-jpg" --backend dali --model resnet18 --compile none \
+      --json "$RESULTS.jpg.json"
+  fi
+fi
+if want dense && [ -n "$DENSE" ]; then
+  run_step dense "${bench[@]}" --data "$WORK/syn" --backend resident --model "$DENSE" \
+    --compile "$COMPILES" --json "$RESULTS.dense.json"
+fi
+if want train; then
+  for c in $TRAIN_COMPILES; do
+    for b in ${backends//,/ }; do
+      run_step "train-$b-$c" "$PY" -m normfast train --data "$WORK/syn-small" --backend "$b" --compile "$c" \
+        --model resnet18 --norm finetune --epochs 2 --batch-size 256 --test-batch-size 64 \
+        --device "$DEVICE" --amp "$([ "$DEVICE" = cpu ] && echo off || echo bf16)" --num-workers "$NW" \
+        --pretrained none --runs "$WORK/runs" --run-name "check-$b-$c" -q
+    done
+  done
+fi
+
+"$PY" - "$RESULTS" "$status" "$WORK/runs" <<'PYEOF'
+"""Pass/fail per target, and the markdown summary."""
 import json, sys
-from normfast.bench import format_train_table
-d = json.load(open(sys.argv[1]))
-m = d["machine"]
-head = (f"# GPU check\n\nGPU: {m['gpu']}; CPU: {m['cpu']} ({m['cpus']} cores); torch {m['torch']}, "
-        f"torchvision {m['torchvision']}, DALI {m['dali']}, FFCV {m['ffcv']}.\n"
-        "ResNets at 32 px, batch 256, channels-last; ceiling = the same step on a batch already on the device.\n\n")
-open(sys.argv[2], "w").write(head + format_train_table(d["records"]) + "\n")
-print(open(sys.argv[2]).read())
+from pathlib import Path
+from normfast.bench import format_train_table, machine
+
+prefix, status_file, runs = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+status = dict(line.split() for line in status_file.read_text().splitlines() if line.strip())
+def load(name):
+    p = Path(f"{prefix}.{name}.json")
+    return json.loads(p.read_text())["records"] if p.exists() else []
+table, jpg, dense = load("table"), load("jpg"), load("dense")
+lines = []
+def verdict(name, value, target, what):
+    if value is None:
+        lines.append(f"SKIP  {name}: {what} (not measured)")
+    else:
+        lines.append(f"{'PASS' if value >= target else 'FAIL'}  {name}: {value:.0%} (target >= {target:.0%}) {what}")
+def eff(model, compile_, backend, records=table):
+    r = [x for x in records if (x["model"], x["compile"], x["backend"]) == (model, compile_, backend)]
+    return r[0]["efficiency"] if r else None
+if "tests" in status:
+    lines.append(f"{'PASS' if status['tests'] == '0' else 'FAIL'}  CUDA tests (exit {status['tests']})")
+graphs = "cudagraphs"
+verdict("resnet18 resident", eff("resnet18", graphs, "resident"), 0.95, "of the CUDA-graph ceiling")
+verdict("resnet18 dali raw", eff("resnet18", graphs, "dali"), 0.90, "of the CUDA-graph ceiling")
+verdict("resnet18 dali jpg (nvJPEG)", eff("resnet18", "none", "dali", jpg), 0.90, "of the eager ceiling")
+verdict("resnet18 ffcv", eff("resnet18", graphs, "ffcv"), 0.85, "of the CUDA-graph ceiling")
+for b in ("resident", "dali", "ffcv"):
+    verdict(f"resnet50 {b}", eff("resnet50", graphs, b), 0.95, "of the CUDA-graph ceiling")
+for name, rc in sorted(status.items()):
+    if name.startswith("train-"):
+        rows = []
+        metrics = runs / "synthetic" / ("check-" + name[len("train-"):]) / "metrics.jsonl"
+        if metrics.exists():
+            rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+        ok = rc == "0" and len(rows) == 2
+        acc = f", test acc {rows[-1]['test_acc']:.3f}, {rows[-1]['train_images_per_second']:.0f} img/s" if rows else ""
+        lines.append(f"{'PASS' if ok else 'FAIL'}  normfast train {name[len('train-'):]} (exit {rc}, {len(rows)}/2 epochs{acc})")
+m = machine()
+head = (f"# GPU check\n\nGPU: {m['gpu']}; CPU: {m['cpu']} ({m['cpus']} cores); torch {m['torch']} (CUDA {m['cuda']}), "
+        f"torchvision {m['torchvision']}, DALI {m['dali']}, FFCV {m['ffcv']}; normfast {m['normfast']} "
+        f"(commit {m['commit']}).\nSynthetic 32 px data, batch 256, channels-last; ceiling = the same step "
+        "on a batch already on the device, measured in the same process.\n\n")
+body = "## Targets\n\n```\n" + "\n".join(lines) + "\n```\n"
+for title, recs in (("Training throughput (raw shards)", table), ("DALI on JPEG shards (nvJPEG)", jpg),
+                    ("DenseNet ceilings (resident)", dense)):
+    if recs:
+        body += f"\n## {title}\n\n" + format_train_table(recs) + "\n"
+Path(f"{prefix}.md").write_text(head + body)
+Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "targets": lines, "table": table, "jpg": jpg,
+                                             "dense": dense, "steps": status}, indent=2) + "\n")
+print(head + body)
 PYEOF
