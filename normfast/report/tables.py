@@ -222,7 +222,8 @@ def format_table2(groups: dict, seed: dict, section, n_sections: int = 1) -> lis
             marks, _ = decide(gs)
             flags |= _flags_of(marks, gs)
             for row, g, norm in ((ft_row, ft, "finetune"), (pt_row, pt, "pretrain")):
-                row += [g.cell(marks.get(norm)), g.final_cell()] if g else [DASH, DASH]
+                mark = None if marks.get(norm) == "second" else marks.get(norm)   # two settings: bold only
+                row += [g.cell(mark), g.final_cell()] if g else [DASH, DASH]
                 if d in seeded:
                     s = seed.get((d, m, norm))
                     row += [pct(s[0]) if s else DASH, _vs_seed(g, s, flags)]
