@@ -252,7 +252,7 @@ def _vs_seed(g: Group | None, s, flags: set) -> str:
 
 
 def _footnotes(flags: set, table: str) -> list[str]:
-    runner = {"table2": "the other setting", "table3": "the runner-up, the second-highest mean"}[table]
+    runner = {"table2": "the other setting", "table3": "the runner-up (the second-highest mean)"}[table]
     notes = [f"{DASH}: no run for this configuration.",
              f"Bold: the highest mean, where the 95% interval (Student's t, over the seeds both have) of "
              f"its paired difference to {runner} excludes zero" + ("; <u>underlined</u>: that runner-up."
