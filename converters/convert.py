@@ -3,11 +3,11 @@
 One pass per split decodes every image once (validating shape and label), writes it to a
 uint8 staging file and accumulates exact integer statistics; the format writers then read
 the staging file. Everything goes to a temporary sibling directory that is renamed into
-place at the end, so a failure or an interrupt leaves no partial output.
+place at the end, so a failure or an interrupt leaves no partial output (converters/output.py
+holds what --force may replace, the swap, and the recovery after a kill).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,11 +17,13 @@ import numpy as np
 
 import normfast
 from converters.formats import StagingDataset, formats
+from converters.output import check_apart, check_replaceable, is_ours, make_temporary, recover, swap_into_place
 from converters.sources import Source, limit, sources
 from normfast.errors import NormfastError
 from normfast.manifest import MANIFEST, file_entry, write_json_atomic
 from normfast.progress import progress_bar
 from normfast.registry import parse_list
+from normfast.stats import ChannelStats
 from normfast.shards import ENCODINGS
 
 
@@ -39,28 +41,6 @@ class ConvertConfig:
     force: bool = False
     download: bool = False
     quiet: bool = False
-
-
-class ChannelStats:
-    """Exact per-channel sums of p and p^2 over uint8 pixels (Python ints: no overflow)."""
-
-    def __init__(self):
-        self.n, self.s1, self.s2 = 0, [0, 0, 0], [0, 0, 0]
-
-    def add(self, img: np.ndarray) -> None:
-        flat = img.reshape(-1, 3).astype(np.int64)
-        self.n += flat.shape[0]
-        for c in range(3):
-            self.s1[c] += int(flat[:, c].sum())
-            self.s2[c] += int((flat[:, c] * flat[:, c]).sum())
-
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        """Mean and population std in [0,1] units, in float64 from exact integer sums."""
-        if self.n == 0:
-            return [0.0] * 3, [0.0] * 3
-        mean = [s / self.n / 255.0 for s in self.s1]
-        var = [(s2 * self.n - s1 * s1) / (self.n * self.n) for s1, s2 in zip(self.s1, self.s2)]
-        return mean, [float(np.sqrt(v)) / 255.0 for v in var]
 
 
 def resize_to(img: np.ndarray, size: int) -> np.ndarray:
@@ -127,7 +107,9 @@ def load_source(cfg: ConvertConfig) -> Source:
 
 def convert(cfg: ConvertConfig) -> dict:
     """Run the conversion; returns the manifest. Raises NormfastError on bad input."""
-    fmts = parse_list(cfg.formats, formats)
+    fmts = list(dict.fromkeys(parse_list(cfg.formats, formats)))
+    if not fmts:
+        raise NormfastError(f"--format: names no format; valid: {', '.join(formats.names())}")
     if cfg.encoding not in ENCODINGS:
         raise NormfastError(f"unknown encoding {cfg.encoding!r}; valid: {', '.join(ENCODINGS)}")
     if not 1 <= cfg.quality <= 100:
@@ -137,51 +119,37 @@ def convert(cfg: ConvertConfig) -> dict:
     if cfg.size is not None and cfg.size < 8:
         raise NormfastError(f"--size {cfg.size}: must be at least 8")
     out = Path(cfg.out)
-    if out.exists() and not cfg.force:
+    check_apart(cfg.src, out)
+    try:
+        recover(out)                   # leftovers of a killed run: restore or remove, with a notice
+    except OSError as e:
+        raise NormfastError(f"{e.filename or out}: {e.strerror or e}") from None
+    if (out.exists() or out.is_symlink()) and not cfg.force:
         raise NormfastError(f"{out}: already exists; pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise NormfastError(f"{out}: exists and is not a converted dataset; --force replaces only "
-                            "those (or an empty directory)")
+    check_replaceable(out)
 
     source = load_source(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = None
     t0 = time.perf_counter()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temporary(out, "tmp")
         manifest = _convert_into(source, cfg, fmts, tmp)
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
         write_json_atomic(tmp / MANIFEST, manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except OSError as e:       # disk full, permissions, a path that is a file...
-        shutil.rmtree(tmp, ignore_errors=True)
+        swap_into_place(tmp, out)
+    except OSError as e:       # disk full, permissions, a read-only location, a path that is a file...
+        _discard(tmp)
         raise NormfastError(f"{e.filename or out}: {e.strerror or e}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise
     return manifest
 
 
-def remove_stale(out: Path) -> None:
-    """Temporary directories left by a conversion that was killed (SIGKILL skips cleanup)."""
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = p.name.rpartition("-")
-        if not (kind.endswith(".tmp") or kind.endswith(".old")) or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)          # that process still runs: not ours to remove
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
+def _discard(tmp: Path | None) -> None:
+    if tmp is not None and is_ours(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path) -> dict:

@@ -18,6 +18,7 @@ from normfast.registry import Registry
 
 formats: Registry = Registry("format")
 SHARD_SAMPLES = 10_000
+SHM_NOTE = ".ffcv-shared-memory"      # beside a .beton being written: FFCV's shared memory segment
 
 
 class StagingDataset:
@@ -165,9 +166,161 @@ def write_ffcv(staging: StagingDataset, out_dir: Path, split: str, encoding: str
     ffcv.writer.tqdm = functools.partial(tqdm, disable=quiet, leave=False, desc=f"{split}: ffcv", unit="img")
     try:
         with keep_torch_threads():
-            writer.from_indexed_dataset(staging, chunksize=256)
+            supervised(lambda: writer.from_indexed_dataset(staging, chunksize=256), path)
     finally:
         ffcv.writer.tqdm = tqdm
     if progress is not None:
         progress.update(len(staging))
     return {"file": f"{split}.beton", "image_encoding": mode}
+
+
+# ---------------------------------------------------------------- FFCV's writer, supervised
+#
+# FFCV's DatasetWriter forks workers and then polls a shared counter until every sample is
+# done: a worker that dies (ENOSPC, MemoryError, a bad sample) makes it wait forever, its
+# workers are not daemons (so an interrupted parent hangs at exit joining them), and a
+# SIGKILLed parent leaves them spinning. So the writer runs in a child process that leads
+# its own process group: workers report their failure on a pipe, the parent watches that
+# pipe and the child, and on any failure or interrupt kills the whole group at once.
+# Every process of the group also dies with its parent (PR_SET_PDEATHSIG).
+
+def _die_with_parent(expected_parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; exit now if it already has."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def _failure(e: BaseException, path: Path) -> str:
+    if isinstance(e, OSError):
+        return f"{e.filename or path}: {e.strerror or e}"
+    if isinstance(e, NormfastError):
+        return str(e)
+    return f"{path}: FFCV writer failed ({type(e).__name__}: {e})"
+
+
+def _send(fd: int, kind: str, text: str) -> None:
+    line = f"{kind} {' '.join(text.split())}"[:3000] + "\n"   # one line, under PIPE_BUF: atomic
+    try:
+        os.write(fd, line.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _supervisor(job, path: Path, fd: int, parent: int) -> None:
+    """The child: run FFCV's writer with each worker wrapped to report failure and die with us."""
+    import signal
+    os.setpgid(0, 0)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    _die_with_parent(parent)
+    import multiprocessing
+    import ffcv.writer
+    me, original = os.getpid(), ffcv.writer.worker_job_indexed_dataset
+    real_prepare = ffcv.writer.DatasetWriter.prepare
+
+    def worker(*args):
+        _die_with_parent(me)
+        try:
+            original(*args)
+        except BaseException as e:   # noqa: BLE001 - reported to the parent, which stops everything
+            _send(fd, "error", _failure(e, path))
+            os._exit(1)
+
+    def prepare(self):               # say where FFCV's shared memory is, to free it after a kill
+        real_prepare(self)
+        _send(fd, "shm", self.metadata_sm._name)
+
+    ffcv.writer.worker_job_indexed_dataset = worker
+    ffcv.writer.DatasetWriter.prepare = prepare
+    try:
+        job()
+        for child in multiprocessing.active_children():
+            child.join()
+        _send(fd, "ok", "")
+    except BaseException as e:       # noqa: BLE001
+        _send(fd, "error", _failure(e, path))
+        os._exit(1)
+    os._exit(0)
+
+
+def supervised(job, path: Path) -> None:
+    """Run `job` (an FFCV write into `path`) in a supervised process group; raise NormfastError
+    on any failure in it, and kill it all on an interrupt of ours."""
+    import multiprocessing
+    import select
+    from multiprocessing import resource_tracker
+    shared_tracker = resource_tracker._resource_tracker._fd is not None   # inherited by the child
+    r, w = os.pipe()
+    proc = multiprocessing.get_context("fork").Process(target=_supervisor, args=(job, path, w, os.getpid()))
+    proc.start()
+    os.close(w)
+    try:
+        os.setpgid(proc.pid, proc.pid)     # also here: a kill right away must reach the group
+    except OSError:
+        pass
+    state = {"shm": None, "error": None, "ok": False, "buf": b""}
+
+    def read(timeout: float) -> bool:
+        """Read what the pipe holds (waiting up to `timeout`); False at end of file."""
+        ready, _, _ = select.select([r], [], [], timeout)
+        if not ready:
+            return True
+        chunk = os.read(r, 65536)
+        state["buf"] += chunk
+        while b"\n" in state["buf"]:
+            line, state["buf"] = state["buf"].split(b"\n", 1)
+            kind, _, text = line.decode("utf-8", "replace").partition(" ")
+            if kind == "shm":
+                state["shm"] = text
+                # a SIGKILL of ours leaves it behind: the next run's cleanup frees what is named here
+                (path.parent / SHM_NOTE).write_text(text + "\n")
+            elif kind == "error" and state["error"] is None:
+                state["error"] = text
+            elif kind == "ok":
+                state["ok"] = True
+        return bool(chunk)
+
+    try:
+        while state["error"] is None and not state["ok"]:
+            open_ = read(0.2)
+            if state["error"] is None and not state["ok"] and (not open_ or not proc.is_alive()):
+                while read(0.05) and state["error"] is None and not state["ok"] and proc.is_alive():
+                    pass                   # drain what it wrote before it ended
+                if state["error"] is None and not state["ok"]:
+                    proc.join(5)
+                    state["error"] = (f"{path}: the FFCV writer process ended unexpectedly "
+                                      f"(exit status {proc.exitcode})")
+    except BaseException:
+        _kill_group(proc, state["shm"], shared_tracker)
+        raise
+    finally:
+        os.close(r)
+    if state["error"] is not None:
+        _kill_group(proc, state["shm"], shared_tracker)
+        raise NormfastError(state["error"])
+    proc.join()
+    (path.parent / SHM_NOTE).unlink(missing_ok=True)
+
+
+def _kill_group(proc, shm: str | None, shared_tracker: bool) -> None:
+    import signal
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            kill()
+        except OSError:
+            pass
+    proc.join()
+    if shm:                          # FFCV's metadata segment (its owner was killed)
+        try:
+            os.unlink(f"/dev/shm/{shm.lstrip('/')}")
+        except OSError:
+            pass
+        if shared_tracker:           # it registered there: keep that tracker from warning at exit
+            from multiprocessing import resource_tracker
+            resource_tracker.unregister(shm, "shared_memory")

@@ -6,6 +6,7 @@ raise NormfastError naming the file and what is wrong; images are decoded lazily
 """
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +60,39 @@ def decode_image_file(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+                return _sixteen_bit_gray(np.asarray(im))
+            if im.mode in ("I", "F"):
+                raise NormfastError(f"{path}: {'32-bit integer' if im.mode == 'I' else 'floating-point'} "
+                                    "pixels have no defined 8-bit scale; convert the image to 8 bits first")
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise NormfastError(f"{path}: image too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise NormfastError(f"{path}: corrupt or unreadable image ({e})") from None
 
 
-def check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    labels = np.asarray(labels).reshape(-1)
+def _sixteen_bit_gray(a: np.ndarray) -> np.ndarray:
+    """A 16-bit grayscale image scaled to 8 bits (0..65535 -> 0..255, rounded), as RGB.
+    Pillow's own convert("RGB") clips it instead, so nearly every pixel became 255."""
+    a = np.asarray(a).astype(np.uint32)
+    g = ((a * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def check_labels(labels, num_classes: int, where: str) -> np.ndarray:
+    """Labels as int64, or an error naming the first that is not an integer in range."""
+    try:
+        labels = np.asarray(labels).reshape(-1)
+    except ValueError:
+        raise NormfastError(f"{where}: labels are not a flat list of integers") from None
+    if labels.dtype.kind not in "iu":
+        for i, v in enumerate(labels.tolist()):
+            integral = isinstance(v, (int, float)) and not isinstance(v, bool) \
+                and np.isfinite(v) and float(v).is_integer()
+            if not integral:      # 1.7 would become 1, "3" is no label at all: refuse, never guess
+                raise NormfastError(f"{where}: label {v!r} at index {i} is not an integer")
+        labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
         raise NormfastError(
@@ -83,6 +110,8 @@ def limit(ds, n: int | None):
 
 
 def require(path: Path, what: str) -> Path:
+    if path.is_symlink() and not path.exists():
+        raise NormfastError(f"{path}: broken symlink (points to {os.readlink(path)}; {what})")
     if not path.exists():
         raise NormfastError(f"{path}: missing ({what})")
     return path
@@ -152,12 +181,14 @@ def _svhn_mat(path: Path) -> ArrayDataset:
         raise NormfastError(f"{path}: corrupt or truncated .mat file ({type(e).__name__})") from None
     if "X" not in d or "y" not in d:
         raise NormfastError(f"{path}: missing variable 'X' or 'y'")
-    x, y = np.asarray(d["X"]), np.asarray(d["y"]).reshape(-1).astype(np.int64)
+    x, y = np.asarray(d["X"]), np.asarray(d["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
         raise NormfastError(f"{path}: X has shape {x.shape} {x.dtype}, expected (32, 32, 3, N) uint8")
     if len(y) != x.shape[3]:
         raise NormfastError(f"{path}: {x.shape[3]} images but {len(y)} labels")
-    y = check_labels(y - 1, 10, str(path) + " (y must be 1..10)") + 1
+    y = check_labels(y, 11, str(path) + " (y must be 1..10)")
+    if (y == 0).any():
+        raise NormfastError(f"{path} (y must be 1..10): label 0 at index {int(np.argmax(y == 0))} is out of range")
     y[y == 10] = 0   # SVHN stores digit 0 as label 10
     return ArrayDataset(np.ascontiguousarray(x.transpose(3, 0, 1, 2)), y)
 
@@ -170,11 +201,21 @@ def read_svhn(src: Path) -> Source:
 
 # ---------------------------------------------------------------- Tiny ImageNet-200
 
-def _images_in(folder: Path) -> list[Path]:
+def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (hidden names skipped), sorted. With `recursive`, those in
+    its subfolders too, as torchvision's ImageFolder reads them; without, a subfolder is an
+    error rather than images silently left out."""
     files = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.is_dir():
+        if p.name.startswith("."):
             continue
+        if p.is_dir():
+            if not recursive:
+                raise NormfastError(f"{p}: unexpected folder (images must lie directly in {folder})")
+            files += _images_in(p, recursive=True)
+            continue
+        if not p.exists():
+            raise NormfastError(f"{p}: broken symlink (points to {os.readlink(p)})")
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise NormfastError(f"{p}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         files.append(p)
@@ -208,7 +249,10 @@ def read_tiny_imagenet(src: Path) -> Source:
             raise NormfastError(f"{ann}:{n}: expected 'file<TAB>wnid...', got {line!r}")
         if parts[1] not in index:
             raise NormfastError(f"{ann}:{n}: unknown class {parts[1]!r} (not in wnids.txt)")
-        listed[parts[0]] = index[parts[1]]
+        if parts[0] in listed and listed[parts[0]][0] != index[parts[1]]:
+            raise NormfastError(f"{ann}:{n}: {parts[0]} listed again with class {parts[1]!r}; line "
+                                f"{listed[parts[0]][1]} gave {wnids[listed[parts[0]][0]]!r}")
+        listed.setdefault(parts[0], (index[parts[1]], n))
     present = {p.name: p for p in _images_in(img_dir)}
     missing = sorted(set(listed) - set(present))
     if missing:
@@ -217,7 +261,7 @@ def read_tiny_imagenet(src: Path) -> Source:
     if unlisted:
         raise NormfastError(f"{present[unlisted[0]]}: image has no label in val_annotations.txt")
     names = sorted(listed)
-    test = FileDataset([present[n] for n in names], [listed[n] for n in names])
+    test = FileDataset([present[n] for n in names], [listed[n][0] for n in names])
     return Source("tiny-imagenet-200", wnids, {"train": train, "test": test})
 
 
@@ -226,8 +270,10 @@ def read_tiny_imagenet(src: Path) -> Source:
 @sources.register("imagefolder")
 def read_imagefolder(src: Path) -> Source:
     train_dir = require(src / "train", "ImageFolder layout needs train/<class>/ and test/<class>/")
-    test_dir = src / "test" if (src / "test").is_dir() else src / "val"
+    test_dir = src / "test" if (src / "test").exists() or (src / "test").is_symlink() else src / "val"
     require(test_dir, "ImageFolder layout needs test/<class>/ (or val/<class>/)")
+    if not test_dir.is_dir():
+        raise NormfastError(f"{test_dir}: not a folder (ImageFolder layout needs {test_dir.name}/<class>/)")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise NormfastError(f"{train_dir}: no class folders")
@@ -242,7 +288,7 @@ def read_imagefolder(src: Path) -> Source:
                 raise NormfastError(f"{entry}: expected only class folders in {root}")
             if entry.name not in index:
                 raise NormfastError(f"{entry}: class {entry.name!r} is not among the train classes")
-            files = _images_in(entry)
+            files = _images_in(entry, recursive=True)
             if not files:
                 raise NormfastError(f"{entry}: empty class folder")
             paths += files

@@ -5,8 +5,10 @@ User mistakes raise NormfastError and end here as one line on stderr with exit s
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -19,7 +21,27 @@ def _terminate(signum, frame):
 
 
 class Group(click.Group):
-    """Turns NormfastError into `error: ...` and exit 1, never a traceback."""
+    """Turns NormfastError and click's own usage errors into `error: ...` and exit 1, never a
+    traceback or a usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:          # bad option value, missing option, unknown command
+            where = e.ctx.command_path if e.ctx else (prog_name or "normfast")
+            click.echo(f"error: {where}: {_one_line(e.format_message()).rstrip('.')} "
+                       f"(see `{where} --help`)", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            click.echo(f"error: {_one_line(e.format_message())}", err=True)
+            sys.exit(1)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        # --help and --version end in click's Exit, returned here as its exit code
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx):
         # SIGTERM (a job scheduler, `timeout`) unwinds like Ctrl-C, so temporary outputs are removed
@@ -49,12 +71,42 @@ def main():
     """
 
 
+def _one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _check_output_file(option: str, path: Path | None) -> None:
+    """Fail before a long job when its output file could not be written afterwards."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise NormfastError(f"{option} {path}: is a directory, expected a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise NormfastError(f"{option} {path}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise NormfastError(f"{option} {path}: cannot write into {folder} ({e.strerror or e})") from None
+
+
+def _check_output_dir(option: str, path: Path) -> None:
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise NormfastError(f"{option} {path}: {p} is a file, not a directory")
+            break
+
+
 def _list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 @main.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option("--src", type=click.Path(path_type=Path), help="Folder holding the source files.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--format", "fmt", default="ffcv,dali", show_default=True, help="Formats to write: ffcv, dali or both.")
@@ -65,7 +117,8 @@ def _list(value: str) -> tuple[str, ...]:
 @click.option("--download", is_flag=True, help="Fetch the source into --src first (cifar10, cifar100, svhn, tiny-imagenet-200).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def convert(source, src, out, fmt, encoding, quality, limit, size, download, force, quiet):
+@click.option("--clean", is_flag=True, help="Convert nothing: restore or remove what a killed conversion to --out left.")
+def convert(source, src, out, fmt, encoding, quality, limit, size, download, force, quiet, clean):
     """Convert a dataset SOURCE once into FFCV and DALI formats with a manifest.
 
     SOURCE is one of: cifar10, cifar100, svhn, tiny-imagenet-200, imagefolder, synthetic.
@@ -73,6 +126,13 @@ def convert(source, src, out, fmt, encoding, quality, limit, size, download, for
     files, atomically: on any error nothing is left behind.
     """
     from converters.convert import ConvertConfig, convert as run
+    if clean:
+        from converters.output import clean as run_clean
+        click.echo(f"{out}: {run_clean(out)} leftover(s) of killed conversions handled")
+        return
+    if source is None:
+        raise NormfastError("convert: missing SOURCE (one of cifar10, cifar100, svhn, tiny-imagenet-200, "
+                            "imagefolder, synthetic)")
     m = run(ConvertConfig(source=source, src=src, out=out, formats=_list(fmt), encoding=encoding,
                           quality=quality, limit=limit, size=size, force=force, download=download,
                           quiet=quiet))
@@ -189,9 +249,9 @@ def bench():
 
 def _write_bench_json(path, records):
     from normfast.bench import machine
-    from normfast.manifest import write_json_atomic
+    from normfast.rundir import write_atomic
     if path:
-        write_json_atomic(Path(path), {"machine": machine(), "records": records})
+        write_atomic(Path(path), json.dumps({"machine": machine(), "records": records}, indent=2) + "\n")
         click.echo(f"wrote {path}")
 
 
@@ -210,6 +270,7 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
     """Images/s of augmented, normalized batches on the device, per backend and setting,
     with CPU seconds per 1,000 images."""
     from normfast.bench import bench_loaders, format_loader_table
+    _check_output_file("--json", json_path)
     records = bench_loaders(data, backend, norm, device, dtype, batch_size, epochs, max_batches,
                             num_workers, echo=click.echo)
     click.echo(format_loader_table(records))
@@ -235,6 +296,7 @@ def bench_train_cmd(data, backend, model, compiles, norm, device, amp, batch_siz
     """Training images/s per backend x model x compile mode beside the model-bound ceiling
     (the same step on a batch already on the device); prints a markdown table."""
     from normfast.bench import bench_train, format_train_table
+    _check_output_file("--json", json_path)
     records = bench_train(data, backend, model, compiles, norm, device, amp, batch_size, steps, warmup,
                           repeats, num_workers, echo=click.echo)
     click.echo(format_train_table(records))
@@ -266,6 +328,7 @@ def report(runs_dir, out):
     of initial weights gets its own tables.
     """
     from normfast.report import make_report
+    _check_output_dir("--out", out)
     paths = make_report(runs_dir, out)
     click.echo(f"wrote {len(paths)} files to {out}: {', '.join(p.name for p in paths)}")
     click.echo(f"start at {out / 'index.md'}")

@@ -2,6 +2,7 @@
 <- command-line flags. Unknown keys are rejected; the resolved config is saved with the run."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -58,6 +59,8 @@ def _coerce(key: str, value, where: str):
 
 
 def merge(base: dict, new: dict, where: str) -> dict:
+    if not isinstance(new, dict):
+        raise NormfastError(f"{where}: expected a mapping of train options, got {type(new).__name__}")
     out = dict(base)
     for key, value in new.items():
         key = str(key).replace("-", "_")
@@ -67,13 +70,18 @@ def merge(base: dict, new: dict, where: str) -> dict:
     return out
 
 
-def resolve_train_config(config_file: str | Path | None = None, **overrides) -> TrainConfig:
+def resolve_train_config(config_file: str | Path | None = None,
+                         layers: list[tuple[str, dict]] | tuple = (), **overrides) -> TrainConfig:
+    """`layers`: (where, options) pairs applied after the config file and before the flags, each
+    named by `where` in its errors (e.g. a sweep grid's `train:` section)."""
     values = asdict(TrainConfig())
     defaults = load_yaml(CONFIG_DIR / "defaults.yaml")
     defaults = {k: v for k, v in defaults.items() if k in FIELDS}   # log_interval etc. shared with the seed
     values = merge(values, defaults, str(CONFIG_DIR / "defaults.yaml"))
     if config_file:
         values = merge(values, load_yaml(config_file), str(config_file))
+    for where, options in layers:
+        values = merge(values, options, where)
     values = merge(values, {k: v for k, v in overrides.items() if v is not None}, "command line")
     cfg = TrainConfig(**values)
     validate(cfg)
@@ -94,8 +102,8 @@ def validate(cfg: TrainConfig) -> None:
     for k in ("batch_size", "test_batch_size"):
         if getattr(cfg, k) < 1:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least 1")
-    if cfg.lr <= 0:
-        raise NormfastError(f"--lr {cfg.lr}: must be positive")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise NormfastError(f"--lr {cfg.lr}: must be a positive finite number")
     for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0)):
         if getattr(cfg, k) < low:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least {low}")

@@ -21,7 +21,8 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
     from normfast.manifest import write_json_atomic
     from normfast.report import make_report
     from normfast.stats import format_table1, table1
-    from normfast.train import is_finished, train
+    from normfast.rundir import RunDir
+    from normfast.train import train
 
     plan = load_yaml(CONFIG_DIR / "demo.yaml")
     out = Path(out)
@@ -45,11 +46,11 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
     for norm in SETTINGS:
         cfg = resolve_train_config(None, **(plan["train"] | {"data": str(data), "norm": norm, "runs": str(runs),
                                                               "device": device or "auto"}))
-        run_dir = cfg.run_dir("synthetic")
-        if is_finished(run_dir, cfg.epochs):
-            echo(f"      {norm}: finished before; reusing {run_dir}")
+        run = RunDir(cfg.run_dir("synthetic"))
+        if run.finished(cfg.epochs):
+            echo(f"      {norm}: finished before; reusing {run.path}")
             continue
-        cfg.resume = (run_dir / "last.pt").exists()
+        cfg.resume = run.has_checkpoint()
         best = train(cfg)
         echo(f"      {norm}: best test accuracy {best['best_acc']:.4f} (epoch {best['best_epoch'] + 1})")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def load_manifest(data_dir: str | Path) -> dict:
+def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> dict:
+    """The manifest of a converted dataset, its types and shape checked (see `validate`).
+    `splits`: those that must be present (verify and stats need train and test)."""
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST
     if not data_dir.is_dir():
@@ -47,10 +50,121 @@ def load_manifest(data_dir: str | Path) -> dict:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise NormfastError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    for key in ("name", "classes", "image_shape", "splits", "stats", "encoding", "files", "formats"):
-        if key not in m:
-            raise NormfastError(f"{path}: missing key {key!r}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise NormfastError(f"{path}: unreadable ({e})") from None
+    validate(m, path, splits)
     return m
+
+
+ENCODINGS = ("raw", "png", "jpg")
+
+
+def _kind(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
+    """Raise NormfastError naming the first key whose value has the wrong type or shape.
+
+    Loaders and verify then index the manifest without further checks. Whether the values
+    agree with the stored data (counts, labels, statistics) is for `normfast verify`.
+    """
+    def bad(key: str, value, expected: str):
+        raise NormfastError(f"{path}: {key} is {json.dumps(value)[:60]} ({_kind(value)}), expected {expected}")
+
+    def need(d: dict, key: str, where: str):
+        if key not in d:
+            raise NormfastError(f"{path}: missing key {where + key!r}")
+        return d[key]
+
+    if not isinstance(m, dict):
+        bad("the manifest", m, "a JSON object")
+    for key in ("name", "classes", "image_shape", "splits", "stats", "encoding", "files", "formats"):
+        need(m, key, "")
+    if not isinstance(m["name"], str):
+        bad("name", m["name"], "a string")
+    classes = m["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        bad("classes", classes, "a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        dup = next(c for c in classes if classes.count(c) > 1)
+        raise NormfastError(f"{path}: classes lists {dup!r} twice")
+    if "num_classes" in m and m["num_classes"] != len(classes):
+        bad("num_classes", m["num_classes"], f"{len(classes)}, the length of classes")
+    shape = m["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)
+            and shape[2] == 3):
+        bad("image_shape", shape, "[height, width, 3]")
+    if m["encoding"] not in ENCODINGS:
+        bad("encoding", m["encoding"], f"one of {', '.join(ENCODINGS)}")
+    formats = m["formats"]
+    if not isinstance(formats, dict) or not formats or not all(f in FORMATS for f in formats):
+        bad("formats", formats, f"an object keyed by {' and/or '.join(FORMATS)}")
+    for fmt, info in formats.items():
+        if not isinstance(info, dict) or info.get("image_encoding") not in ENCODINGS:
+            bad(f"formats.{fmt}", info, f"an object with image_encoding one of {', '.join(ENCODINGS)}")
+    stats = m["stats"]
+    if not isinstance(stats, dict):
+        bad("stats", stats, "an object")
+    for key in ("mean", "std"):
+        v = need(stats, key, "stats.")
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_num(x) and x >= (0 if key == "std" else -1e9)
+                                                             for x in v)):
+            bad(f"stats.{key}", v, "3 finite numbers" + (", none negative" if key == "std" else ""))
+    if "pixels" in stats and not (_is_int(stats["pixels"]) and stats["pixels"] >= 0):
+        bad("stats.pixels", stats["pixels"], "a count")
+    files = m["files"]
+    if not isinstance(files, list):
+        bad("files", files, "a list")
+    for i, f in enumerate(files):
+        ok = isinstance(f, dict) and isinstance(f.get("path"), str) and _is_int(f.get("size")) \
+            and f["size"] >= 0 and isinstance(f.get("sha256"), str) and len(f["sha256"]) == 64
+        if not ok:
+            bad(f"files[{i}]", f, "{path, size, sha256}")
+        p = Path(f["path"])
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            bad(f"files[{i}].path", f["path"], "a path inside the dataset directory")
+    all_splits = m["splits"]
+    if not isinstance(all_splits, dict):
+        bad("splits", all_splits, "an object keyed by split name")
+    for split in splits:
+        if split not in all_splits:
+            raise NormfastError(f"{path}: missing key 'splits.{split}' (a converted dataset has "
+                                f"{' and '.join(splits)} splits)")
+    for split, info in all_splits.items():
+        where = f"splits.{split}."
+        if not isinstance(info, dict):
+            bad(where[:-1], info, "an object")
+        count = need(info, "count", where)
+        if not (_is_int(count) and count >= 0):
+            bad(where + "count", count, "a whole number")
+        counts = need(info, "class_counts", where)
+        if not (isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts)):
+            bad(where + "class_counts", counts, "a list of whole numbers")
+        if len(counts) != len(classes):
+            raise NormfastError(f"{path}: {where}class_counts has {len(counts)} entries (labels up to "
+                                f"{len(counts) - 1}) but classes lists {len(classes)}")
+        fmts = info.get("formats", {})
+        if not isinstance(fmts, dict):
+            bad(where + "formats", fmts, "an object")
+        for fmt, entry in fmts.items():
+            if fmt not in formats:
+                raise NormfastError(f"{path}: {where}formats has {fmt!r}, which formats does not list")
+            lists = ("shards", "indexes") if fmt == "dali" else ()
+            ok = isinstance(entry, dict) and all(
+                isinstance(entry.get(k), list) and all(isinstance(x, str) for x in entry[k]) for k in lists) \
+                and (fmt != "ffcv" or isinstance(entry.get("file"), str))
+            if not ok:
+                bad(where + f"formats.{fmt}", entry,
+                    "{shards: [...], indexes: [...]}" if fmt == "dali" else "{file: NAME}")
 
 
 def require_format(manifest: dict, data_dir: Path, fmt: str) -> dict:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from normfast.augment import PAD
 from normfast.configs import IMAGENET_MEAN, IMAGENET_STD, reference_stats
 from normfast.errors import NormfastError
 from normfast.registry import Registry
 
 SETTINGS = ("finetune", "pretrain", "instance", "minmax")
 INSTANCE_EPS = 1e-6   # [0,1] units; the smallest non-zero std of a uint8 channel is ~1e-4
-PAD = 4               # seed: Pad(4) with value 0, then RandomCrop(native size)
 
 settings = Registry("normalization setting")
 for _name in SETTINGS:

@@ -1,8 +1,9 @@
 """The shared device-side op: uint8 batch in, augmented and normalized batch out.
 
 Used by the `resident` and `ffcv` backends (and the GPU check). Works on any device:
-the crop/flip is one gather from a zero-padded copy, the normalization one fused
-multiply-add (affine settings) or a per-image mean/std (instance). Output is NCHW in
+the crop/flip is one gather (the padding is a mask, never a padded copy), the
+normalization one fused multiply-add (affine settings) or a per-image mean/std
+(instance). The crop/flip parameters come from `normfast.augment.draw_augmentation`. Output is NCHW in
 channels-last memory, which is what an NHWC tensor permuted to NCHW already is.
 """
 from __future__ import annotations
@@ -11,7 +12,8 @@ import contextlib
 
 import torch
 
-from normfast.normalization import INSTANCE_EPS, PAD, NormSpec
+from normfast.augment import PAD
+from normfast.normalization import INSTANCE_EPS, NormSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,26 +41,23 @@ def keep_torch_threads():
             torch.set_num_threads(n)
 
 
-def random_crop_flip_params(n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Offsets (N, 2) uniform in 0..2*PAD and flips (N,) with probability 0.5."""
-    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=device)
-    flips = torch.randint(0, 2, (n,), generator=generator, device=device).bool()
-    return offsets, flips
-
-
 def pad_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> uint8 NHWC: zero-pad PAD, crop at offsets (dy, dx), flip where flips.
 
-    The 81 possible crops are strided views of the padded batch (unfold), so the crop is
-    one gather of the chosen view per image; the flip is a select between two views.
+    One gather: output pixel (y, x) of image i is input pixel (y + dy - PAD, x' + dx - PAD)
+    with x' = W-1-x where flipped, else x; pixels that fall in the padding become 0. No
+    padded copy is made, so a whole epoch can be augmented in a few kernels.
     """
-    n, h, w, c = x.shape
-    padded = x.new_zeros((n, h + 2 * PAD, w + 2 * PAD, c))
-    padded[:, PAD:PAD + h, PAD:PAD + w] = x
-    windows = padded.unfold(1, h, 1).unfold(2, w, 1)          # (N, 9, 9, C, H, W) view
-    crops = windows[torch.arange(n, device=x.device), offsets[:, 0], offsets[:, 1]]
-    crops = crops.permute(0, 2, 3, 1)                          # (N, H, W, C)
-    return torch.where(flips[:, None, None, None], crops.flip(2), crops)
+    n, h, w, _ = x.shape
+    dev = x.device
+    offsets = offsets.to(dev, torch.int64)
+    rows = torch.arange(h, device=dev)[None, :] + (offsets[:, :1] - PAD)              # (N, H)
+    cols = torch.arange(w, device=dev)[None, :].expand(n, w)
+    cols = torch.where(flips.to(dev)[:, None], (w - 1) - cols, cols) + (offsets[:, 1:] - PAD)  # (N, W)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    out = x[torch.arange(n, device=dev)[:, None, None], rows.clamp(0, h - 1)[:, :, None],
+            cols.clamp(0, w - 1)[:, None, :]]                                          # (N, H, W, C)
+    return out.masked_fill_(~inside[..., None], 0)
 
 
 def instance_normalize(x: torch.Tensor, dims) -> torch.Tensor:
@@ -92,17 +91,17 @@ class Normalizer:
 
 
 class BatchTransform:
-    """Augmentation (optional) + normalization on the device, seeded per loader."""
+    """Augmentation (optional) + normalization on the device.
 
-    def __init__(self, spec: NormSpec, device, dtype, augment: bool, seed: int):
+    Call it with a uint8 NHWC batch and, when augmenting, that batch's offsets and flips
+    (rows of `draw_augmentation` for the batch's samples, on any device)."""
+
+    def __init__(self, spec: NormSpec, device, dtype, augment: bool):
         self.device = torch.device(device)
         self.normalize = Normalizer(spec, self.device, resolve_dtype(dtype))
         self.augment = augment
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
 
-    def __call__(self, x_nhwc: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_nhwc: torch.Tensor, offsets=None, flips=None) -> torch.Tensor:
         if self.augment:
-            offsets, flips = random_crop_flip_params(x_nhwc.shape[0], self.generator, self.device)
             x_nhwc = pad_crop_flip(x_nhwc, offsets, flips)
         return self.normalize(x_nhwc)

@@ -16,6 +16,28 @@ from normfast.manifest import load_manifest
 from normfast.normalization import SETTINGS, reference_normalize, resolve_norm
 
 
+class ChannelStats:
+    """Exact per-channel sums of p and p^2 over uint8 pixels (Python ints: no overflow)."""
+
+    def __init__(self):
+        self.n, self.s1, self.s2 = 0, [0, 0, 0], [0, 0, 0]
+
+    def add(self, img: np.ndarray) -> None:
+        flat = img.reshape(-1, 3).astype(np.int64)
+        self.n += flat.shape[0]
+        for c in range(3):
+            self.s1[c] += int(flat[:, c].sum())
+            self.s2[c] += int((flat[:, c] * flat[:, c]).sum())
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Mean and population std in [0,1] units, in float64 from exact integer sums."""
+        if self.n == 0:
+            return [0.0] * 3, [0.0] * 3
+        mean = [s / self.n / 255.0 for s in self.s1]
+        var = [(s2 * self.n - s1 * s1) / (self.n * self.n) for s1, s2 in zip(self.s1, self.s2)]
+        return mean, [float(np.sqrt(v)) / 255.0 for v in var]
+
+
 def after_normalization(data_dir: Path, manifest: dict, batch_size: int = 1024) -> dict:
     mean = np.asarray(manifest["stats"]["mean"])
     std = np.asarray(manifest["stats"]["std"])
@@ -44,7 +66,7 @@ def _streamed_stats(data_dir: Path, manifest: dict, spec, batch_size: int) -> di
 
 def table1(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(data_dir, splits=("train", "test"))
     ref = reference_stats(manifest["name"])
     return {
         "dataset": manifest["name"],

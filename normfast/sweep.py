@@ -21,6 +21,7 @@ from normfast.config import resolve_train_config
 from normfast.configs import load_yaml
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
+from normfast.rundir import RunDir
 
 GRID_KEYS = {"data_root", "runs", "datasets", "models", "norms", "backends", "seeds", "train"}
 STUDY_SEED = 223          # the seed's SEED, and TrainConfig's default
@@ -74,7 +75,14 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
     unknown = set(grid) - GRID_KEYS
     if unknown:
         raise NormfastError(f"grid: unknown key {sorted(unknown)[0]!r}; valid: {', '.join(sorted(GRID_KEYS))}")
-    axes = {k: list(grid.get(k) or []) for k in ("datasets", "models", "norms", "backends")}
+    axes = {}
+    for k in ("datasets", "models", "norms", "backends"):
+        value = grid.get(k) or []
+        if isinstance(value, str):     # `models: resnet18` is one name, not one run per character
+            value = [value]
+        if not isinstance(value, list):
+            raise NormfastError(f"grid: {k} must be a list of names, got {value!r}")
+        axes[k] = [str(v) for v in value]
     for key, wanted in filters.items():
         if wanted:
             missing = [w for w in wanted if w not in axes[key]]
@@ -100,7 +108,7 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
 
 def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, shard: str | None = None,
           overrides: dict | None = None, dry_run: bool = False, echo=print) -> list[dict]:
-    from normfast.train import is_finished, train
+    from normfast.train import train
     grid = load_yaml(grid_path)
     runs = plan(grid, filters, seeds, shard)
     data_root = Path(grid.get("data_root", "data"))
@@ -114,16 +122,17 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
             r.run_name = resolve_run_name(Path(runs_root) / manifest["name"], r)
             label = f"[{k}/{len(runs)}] {r.dataset} {r.run_name}"
             cfg = resolve_train_config(
-                None, **(dict(grid.get("train") or {}) | (overrides or {}) |
-                         dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
-                              seed=r.seed, runs=runs_root, run_name=r.run_name)))
+                None, layers=[(f"{grid_path}: train", grid.get("train") or {})],
+                **((overrides or {}) |
+                   dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
+                        seed=r.seed, runs=runs_root, run_name=r.run_name)))
             run_dir = cfg.run_dir(manifest["name"])
-            if is_finished(run_dir, cfg.epochs):
+            if RunDir(run_dir).finished(cfg.epochs):
                 row["status"] = "done before"
             elif dry_run:
-                row["status"] = "to resume" if (run_dir / "last.pt").exists() else "to run"
+                row["status"] = "to resume" if RunDir(run_dir).has_checkpoint() else "to run"
             else:
-                cfg.resume = (run_dir / "last.pt").exists()
+                cfg.resume = RunDir(run_dir).has_checkpoint()
                 echo(f"{label}: {'resuming' if cfg.resume else 'starting'}")
                 train(cfg)
                 row["status"] = "ran"
@@ -140,9 +149,10 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
 def summarize(run_dir: Path) -> dict:
     from normfast.report.runs import read_run
     out = {"run_dir": str(run_dir)}
-    if not (run_dir / "config.yaml").exists():
+    if not RunDir(run_dir).config_path.exists():
         return out
-    run = read_run(run_dir)
+    # the summary line tolerates a damaged metrics line (rows before it count); `normfast report` does not
+    run = read_run(run_dir, strict=False)
     if run.best_acc is not None:
         out |= {"best_acc": run.best_acc, "best_epoch": run.best_epoch}
     ips = run.mean_of("train_images_per_second")

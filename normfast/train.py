@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import yaml
 
 from normfast.config import TrainConfig
 from normfast.errors import NormfastError
 from normfast.loaders import build_loader, resolve_device
-from normfast.manifest import load_manifest, write_json_atomic
+from normfast.manifest import load_manifest
 from normfast.models import build_model
 from normfast.progress import progress_bar
+from normfast.rundir import BEST_CKPT, LAST, RunDir, dataset_identity
 
 loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
 
@@ -67,30 +67,6 @@ class Dist:
         if self.enabled:
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return t.item()
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break            # a line cut by a kill: everything after it is lost anyway
-    return rows
-
-
-def write_lines_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -227,79 +203,112 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def fit(self) -> dict:
-        cfg, run_dir = self.cfg, self.run_dir
-        last = run_dir / "last.pt"
-        if last.exists() and not cfg.resume:
-            raise NormfastError(f"{run_dir}: a run is already there; pass --resume to continue it "
-                                "or --run-name to start another")
-        self.build()
-        start, best = 0, {"best_epoch": -1, "best_acc": 0.0}
-        if cfg.resume and last.exists():
-            ckpt = torch.load(last, map_location=self.device, weights_only=False)
-            check_resumable(ckpt, cfg, self.amp, last)
+        """Train (or, with --resume, continue) the run; the run directory is locked meanwhile."""
+        cfg, run = self.cfg, RunDir(self.run_dir)
+        identity = dataset_identity(self.manifest)
+        with run:
+            refusal = None
+            if self.dist.main:               # under DDP only rank 0 locks and writes the run directory
+                try:
+                    run.open_for_writing(cfg.resume)
+                except NormfastError as e:
+                    refusal = e
+            self._all_ranks_agree(refusal)
+            ckpt = None
+            if cfg.resume:
+                ckpt = run.load_checkpoint(LAST, map_location=self.device)
+                check_resumable(ckpt, cfg, self.amp, run.last_checkpoint, identity)
+            self.build()
+            start, best = 0, {"best_epoch": -1, "best_acc": 0.0}
+            if ckpt is not None:
+                start, best = self._load_state(ckpt, run.last_checkpoint)
+                del ckpt
+            if self.dist.main:
+                resolved = asdict(cfg) | {"dataset": self.dataset, "weights": self.weights, "amp": self.amp,
+                                          "device": str(self.device), "world_size": self.dist.world_size,
+                                          "versions": versions(), "data_identity": identity}
+                run.write_config(resolved)
+                run.truncate_metrics(start)      # rows beyond the checkpoint are trained again
+            for epoch in range(start, cfg.epochs):
+                lr = self.opt.param_groups[0]["lr"]
+                tr = self.run_epoch(epoch, train=True)
+                te = self.run_epoch(epoch, train=False)
+                if self.sched:
+                    self.sched.step()
+                row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                       "test_loss": te["loss"], "test_acc": te["acc"],
+                       "epoch_seconds": tr["seconds"] + te["seconds"],
+                       "train_seconds": tr["seconds"], "train_images_per_second": tr["images_per_second"],
+                       "data_wait_fraction": tr["data_wait_fraction"],
+                       "test_images_per_second": te["images_per_second"]}
+                improved = te["acc"] > best["best_acc"] or best["best_epoch"] < 0
+                if improved:
+                    best = {"best_epoch": epoch, "best_acc": te["acc"]}
+                if self.dist.main:
+                    # order matters for a kill at any moment: a metrics row beyond last.pt is dropped
+                    # on resume; best_results.json (what "finished" is read from) comes last
+                    state = self.state(epoch, best) | {"data_identity": identity}
+                    if improved:
+                        run.save_checkpoint(state, BEST_CKPT)
+                    run.append_metrics(row)
+                    run.save_checkpoint(state, LAST)
+                    self._write_best(best, epoch + 1)
+                    if not cfg.quiet:
+                        print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+                              f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  "
+                              f"{tr['images_per_second']:.0f} img/s  data wait {tr['data_wait_fraction']:.0%}",
+                              flush=True)
+            if self.dist.main and start >= cfg.epochs:     # killed after its last last.pt
+                self._write_best(best, start)
+            if self.dist.enabled:
+                dist.barrier()
+        return best
+
+    def _all_ranks_agree(self, refusal: NormfastError | None) -> None:
+        """Rank 0's refusal (lock held, nothing to resume, ...) stops every rank, not only rank 0."""
+        if self.dist.enabled:
+            ok = self.dist.min(0.0 if refusal else 1.0, self.device)
+            if refusal is None and ok < 1:
+                raise NormfastError(f"{self.run_dir}: rank 0 refused to start the run (its error says why)")
+        if refusal is not None:
+            raise refusal
+
+    def _load_state(self, ckpt: dict, path: Path) -> tuple[int, dict]:
+        try:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
             if self.sched and ckpt["scheduler"]:
                 self.sched.load_state_dict(ckpt["scheduler"])
-                self.sched.T_max = cfg.epochs      # a resumed run may extend the schedule
             self.scaler.load_state_dict(ckpt["scaler"])
-            start, best = ckpt["epoch"] + 1, ckpt["best"]
-        if self.dist.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = asdict(cfg) | {"dataset": self.dataset, "weights": self.weights, "amp": self.amp,
-                                      "device": str(self.device), "world_size": self.dist.world_size,
-                                      "versions": versions()}
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-            metrics_path = run_dir / "metrics.jsonl"
-            write_lines_atomic(metrics_path, [r for r in read_metrics(metrics_path) if r["epoch"] < start])
-        for epoch in range(start, cfg.epochs):
-            lr = self.opt.param_groups[0]["lr"]
-            tr = self.run_epoch(epoch, train=True)
-            te = self.run_epoch(epoch, train=False)
-            if self.sched:
-                self.sched.step()
-            row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                   "test_loss": te["loss"], "test_acc": te["acc"], "epoch_seconds": tr["seconds"] + te["seconds"],
-                   "train_seconds": tr["seconds"], "train_images_per_second": tr["images_per_second"],
-                   "data_wait_fraction": tr["data_wait_fraction"],
-                   "test_images_per_second": te["images_per_second"]}
-            improved = te["acc"] > best["best_acc"] or best["best_epoch"] < 0
-            if improved:
-                best = {"best_epoch": epoch, "best_acc": te["acc"]}
-            if self.dist.main:
-                # order matters for a kill at any moment: a metrics row beyond last.pt is dropped
-                # on resume; best_results.json (what "finished" is read from) comes last
-                state = self.state(epoch, best)
-                if improved:
-                    atomic_save(state, run_dir / "best.pt")
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                atomic_save(state, last)
-                self._write_best(best, epoch + 1)
-                if not cfg.quiet:
-                    print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
-                          f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  "
-                          f"{tr['images_per_second']:.0f} img/s  data wait {tr['data_wait_fraction']:.0%}",
-                          flush=True)
-        if self.dist.main and start >= cfg.epochs:     # killed after its last last.pt
-            self._write_best(best, start)
-        if self.dist.enabled:
-            dist.barrier()
-        return best
+            return int(ckpt["epoch"]) + 1, dict(ckpt["best"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise NormfastError(f"{path}: does not fit this run ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:160] if str(e) else ''}); use --run-name") from None
 
     def _write_best(self, best: dict, epochs_done: int) -> None:
-        write_json_atomic(self.run_dir / "best_results.json",
-                          best | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
-                                  "finished": epochs_done >= self.cfg.epochs, "weights": self.weights})
+        RunDir(self.run_dir).write_best(
+            best | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
+                    "finished": epochs_done >= self.cfg.epochs, "weights": self.weights})
 
 
 RESUME_KEYS = ("model", "norm", "backend", "stats", "pretrained", "batch_size", "lr", "optimizer",
                "scheduler", "seed")
 
 
-def check_resumable(ckpt: dict, cfg: TrainConfig, amp: str, path: Path) -> None:
-    """A resumed run must be the same run: same data, model, recipe and precision."""
-    old = ckpt.get("config", {})
+def check_resumable(ckpt: dict, cfg: TrainConfig, amp: str, path: Path, identity: str | None = None) -> None:
+    """A resumed run must be the same run: same data, model, recipe, schedule and precision."""
+    old = ckpt.get("config") or {}
+    if "epochs" in old and old["epochs"] != cfg.epochs:
+        # the cosine schedule is made for the epochs it started with: extending it would train the
+        # new epochs at (nearly) lr 0, shortening it would jump the schedule
+        raise NormfastError(f"{path}: --resume with --epochs {cfg.epochs}, but this run was scheduled for "
+                            f"{old['epochs']} epochs; start a new run with --run-name NAME (from these "
+                            f"weights with --pretrained {path})")
+    old_identity = ckpt.get("data_identity")        # checkpoints before it was recorded: accepted
+    if identity and old_identity and old_identity != identity:
+        raise NormfastError(f"{path}: --resume on different data: --data {cfg.data} is named like this run's "
+                            f"dataset but holds other files (identity {identity[:12]}, the run's "
+                            f"{old_identity[:12]}, from {old.get('data', '?')}); start a new run with --run-name")
     diff = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_KEYS
             if k in old and old[k] != getattr(cfg, k)]
     if "amp" in ckpt and ckpt["amp"] != amp:
@@ -329,12 +338,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
-    """True when the run finished (all of `epochs`, when given: a longer schedule resumes)."""
-    p = run_dir / "best_results.json"
-    if not p.exists():
-        return False
-    res = json.loads(p.read_text())
-    return res.get("epochs_done", 0) >= (epochs if epochs is not None else res.get("epochs", 0))
+    """True when the run finished (a schedule of `epochs`, when given); see RunDir.finished."""
+    return RunDir(run_dir).finished(epochs)
 
 
 __all__ = ["train", "Trainer", "is_finished"]

@@ -1,5 +1,13 @@
-"""`normfast verify`: every file against the manifest, then samples read back through the
-formats' own readers (FFCV's Loader, DALI's webdataset reader) and compared."""
+"""`normfast verify`: every file against the manifest, the manifest against the data, then
+samples read back through the formats' own readers (FFCV's Loader, DALI's webdataset
+reader) and compared.
+
+What it proves: every listed file is present with its size and sha256 and nothing else is
+in the directory; each split's sample count, per-class counts and label range agree with
+the manifest, recomputed from the stored labels; the train split's per-channel mean/std
+agree with the manifest, recomputed in one streaming pass over its stored pixels; and the
+first --samples samples of each split are identical through every reader present.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from normfast.errors import NormfastError
-from normfast.manifest import load_manifest, sha256_file
+from normfast.manifest import MANIFEST, load_manifest, sha256_file
 from normfast.shards import ShardReader, parse_dali_index
+
+# Stored statistics are computed from exact integer sums, as here: they agree to rounding.
+# JPEG storage changes pixels, so statistics recomputed from it differ by its error.
+STATS_ATOL = {"lossless": 1e-9, "jpg": 0.02}
 
 
 def check_files(data_dir: Path, manifest: dict) -> int:
@@ -21,11 +33,56 @@ def check_files(data_dir: Path, manifest: dict) -> int:
             raise NormfastError(f"{p}: size {p.stat().st_size} bytes, manifest says {f['size']}")
         if sha256_file(p) != f["sha256"]:
             raise NormfastError(f"{p}: sha256 differs from the manifest (file changed or corrupt)")
-    for fmt in manifest["formats"]:
-        for p in (data_dir / fmt).rglob("*"):
-            if p.is_file() and p.relative_to(data_dir).as_posix() not in listed:
-                raise NormfastError(f"{p}: not listed in the manifest")
+    dirs = {p.as_posix() for f in listed for p in Path(f).parents if p.parts}
+    for p in sorted(data_dir.rglob("*")):
+        rel = p.relative_to(data_dir).as_posix()
+        if rel == MANIFEST or rel in listed or (rel in dirs and p.is_dir() and not p.is_symlink()):
+            continue
+        raise NormfastError(f"{p}: not listed in the manifest")
     return len(listed)
+
+
+def check_contents(data_dir: Path, m: dict) -> str:
+    """Recompute from the stored data what the manifest says about it: per split the count,
+    the per-class counts and the label range; for train the per-channel mean/std."""
+    from normfast.readback import iter_split
+    from normfast.stats import ChannelStats
+    path, k = data_dir / MANIFEST, len(m["classes"])
+    for split, info in m["splits"].items():
+        counts, stats = np.zeros(0, np.int64), ChannelStats() if split == "train" else None
+        for x, y in iter_split(data_dir, m, split):
+            if y.size and (y.min() < 0 or y.max() >= k):
+                bad = int(y.min() if y.min() < 0 else y.max())
+                raise NormfastError(f"{data_dir}: {split} holds label {bad} but {MANIFEST} lists {k} classes")
+            counts = np.pad(counts, (0, max(0, k - len(counts)))) + np.bincount(y, minlength=k)
+            if stats is not None:
+                stats.add(x)
+        n = int(counts.sum())
+        if n != info["count"]:
+            raise NormfastError(f"{path}: splits.{split}.count is {info['count']}, the data holds {n} samples")
+        if counts.tolist() != info["class_counts"]:
+            c = int(np.flatnonzero(counts != np.asarray(info["class_counts"]))[0])
+            raise NormfastError(f"{path}: splits.{split}.class_counts[{c}] ({m['classes'][c]}) is "
+                                f"{info['class_counts'][c]}, the stored labels give {int(counts[c])}")
+        if stats is not None:
+            lossy = m["encoding"] == "jpg"
+            atol = STATS_ATOL["jpg" if lossy else "lossless"]
+            mean, std = stats.mean_std()
+            for key, got in (("mean", mean), ("std", std)):
+                want = m["stats"][key]
+                if not np.allclose(want, got, rtol=0, atol=atol):
+                    raise NormfastError(
+                        f"{path}: stats.{key} is {_fmt(want)}, the train split's stored pixels give "
+                        f"{_fmt(got)}{' (jpg is lossy; tolerance ' + str(atol) + ')' if lossy else ''}")
+            if "pixels" in m["stats"] and m["stats"]["pixels"] != stats.n:
+                raise NormfastError(f"{path}: stats.pixels is {m['stats']['pixels']}, the train split "
+                                    f"holds {stats.n}")
+    return (f"manifest: counts, class counts and labels of {', '.join(m['splits'])} and the train "
+            f"mean/std match the stored data")
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.6f}" for v in values) + ")"
 
 
 def first_n(batches, n: int):
@@ -42,8 +99,11 @@ def first_n(batches, n: int):
 def verify(data_dir: str | Path, samples: int = 512):
     """Yields one line per check passed; raises NormfastError on the first failure."""
     data_dir = Path(data_dir)
-    m = load_manifest(data_dir)
-    yield f"files: {check_files(data_dir, m)} files match sizes and sha256"
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise NormfastError(f"--samples {samples}: must be at least 1")
+    m = load_manifest(data_dir, splits=("train", "test"))
+    yield f"files: {check_files(data_dir, m)} files match sizes and sha256, and nothing else is there"
+    yield check_contents(data_dir, m)
     lossless = m["encoding"] != "jpg"
     shape = tuple(m["image_shape"])
     for split, info in m["splits"].items():

@@ -245,5 +245,6 @@ def test_leftovers_of_a_killed_conversion_are_removed(tmp_path):
     dead.wait()
     stale = tmp_path / f".out.tmp-{dead.pid}"
     (stale / "dali").mkdir(parents=True)
+    (stale / ".normfast-temporary").write_text("{}")     # normfast marks what it creates
     convert(ConvertConfig("synthetic", tmp_path / "out", limit=10, formats=("dali",), quiet=True))
     assert not stale.exists() and no_leftovers(tmp_path) == []

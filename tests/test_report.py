@@ -9,7 +9,7 @@ import yaml
 from converters.convert import ConvertConfig, convert
 from normfast.errors import NormfastError
 from normfast.report import (load_runs, load_seed_results, make_report, mean_std, paired_difference,
-                             parse_metrics, rank_marks, weights_kind, within_noise)
+                             rank_marks, weights_kind, within_noise)
 
 W18 = "imagenet:ResNet18_Weights.IMAGENET1K_V1"
 
@@ -73,11 +73,6 @@ def test_helpers():
     assert within_noise(0.01, 0.02, None) and not within_noise(0.03, 0.02, 0.01) and not within_noise(0.0, None)
     assert weights_kind(W18) == "imagenet:IMAGENET1K_V1"
     assert weights_kind("file:/x.pt:sha256=ab") == "file" and weights_kind("none") == "none"
-    assert parse_metrics('{"epoch": 0, "test_acc": 0.5}\n{"epoch": 1, "test_a\n') == [{"epoch": 0, "test_acc": 0.5}]
-    with pytest.raises(NormfastError, match="m.jsonl: line 1 is not valid JSON"):   # only the last line may be cut
-        parse_metrics('{"epoch": 0, "te\n{"epoch": 1, "test_acc": 0.5}\n', "m.jsonl")
-    with pytest.raises(NormfastError, match="line 2 is not an epoch row"):
-        parse_metrics('{"epoch": 0, "test_acc": 0.5}\n{"epoch": 1}\n{"epoch": 2, "test_acc": 0.5}\n')
     seed = load_seed_results()
     assert seed[("cifar10", "resnet18", "finetune")] == (0.8788, 98)
     assert seed[("tiny-imagenet-200", "densenet161", "minmax")][0] == 0.6245
@@ -268,7 +263,14 @@ def test_malformed_files_are_errors_naming_the_file(tmp_path):
         load_runs(runs)
     (pre / "best_results.json").unlink()
     (pre / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.5}\ngarbage\n{"epoch": 1, "test_acc": 0.6}\n')
-    with pytest.raises(NormfastError, match=r"resnet18-pretrain-resident/metrics.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(NormfastError, match=r"resnet18-pretrain-resident/metrics.jsonl: line 2 is not a JSON line"):
+        load_runs(runs)
+    (pre / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.5}\n{"epoch": 1}\n{"epoch": 2, "test_acc": 0.6}\n')
+    with pytest.raises(NormfastError, match=r"metrics.jsonl: line 2 is a row without a numeric test_acc"):
+        load_runs(runs)
+    # only a last line without its newline is a cut append; a whole bad last line is damage
+    (pre / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.5}\n{"epoch": 1, "te\n')
+    with pytest.raises(NormfastError, match=r"metrics.jsonl: line 2 is not a JSON line"):
         load_runs(runs)
     assert not (tmp_path / "out").exists()
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from converters.convert import ConvertConfig, convert
 from normfast.cli import main
 from normfast.errors import NormfastError
-from normfast.sweep import plan, resolve_run_name
+from normfast.report import read_run
+from normfast.sweep import plan, resolve_run_name, summarize
 
 GRID = {"datasets": ["cifar10", "svhn"], "models": ["resnet18", "resnet50"],
         "norms": ["finetune", "pretrain", "instance", "minmax"], "backends": ["dali"], "seeds": [223]}
@@ -58,11 +59,12 @@ def test_sweep_runs_skips_and_summarizes(grid_setup):
     assert r.output.count(": ran\n") == 2 and "| synthetic | resnet18 | minmax | resident | 223 | ran |" in r.output
     r = CliRunner().invoke(main, ["sweep", str(path), "-q"])
     assert r.exit_code == 0 and r.output.count(": done before\n") == 2
+    # a longer --epochs is another run (its cosine schedule differs): refused, the run left as it was
     r = CliRunner().invoke(main, ["sweep", str(path), "-q", "--epochs", "2", "--norm", "minmax"])
-    assert r.exit_code == 0, r.output
-    assert "resuming" in r.output
+    assert r.exit_code == 1, r.output
+    assert "failed: " in r.output and "--resume with --epochs 2, but this run was scheduled for 1 epochs" in r.output
     rows = (root / "runs/synthetic/resnet18-minmax-resident/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in rows] == [0, 1]
+    assert [json.loads(x)["epoch"] for x in rows] == [0]
     # the same seed with --seeds is the same run (it was trained twice under two names before)
     r = CliRunner().invoke(main, ["sweep", str(path), "-q", "--seeds", "223,224", "--norm", "finetune", "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -97,6 +99,22 @@ def test_seed_is_found_under_older_names(tmp_path):
     (ds / "resnet18-finetune-dali" / "config.yaml").write_text("seed: [")
     with pytest.raises(NormfastError, match="resnet18-finetune-dali/config.yaml: not valid YAML"):
         resolve_run_name(ds, spec(223))
+
+
+def test_summary_keeps_the_rows_before_a_damaged_line(tmp_path):
+    """The sweep's summary line reads through RunDir leniently (rows before the damage count);
+    the report refuses the same file, naming it."""
+    run = tmp_path / "cifar10" / "resnet18-finetune-dali"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(model="resnet18", norm="finetune", backend="dali",
+                                                         seed=223, epochs=3)))
+    row = lambda e, ips: json.dumps({"epoch": e, "test_acc": 0.5 + e / 10, "train_images_per_second": ips})
+    (run / "metrics.jsonl").write_text(row(0, 100.0) + "\n" + row(1, 300.0) + "\n{garbage\n" + row(3, 900.0) + "\n")
+    out = summarize(run)
+    assert out["train_images_per_second"] == 200.0 and out["best_acc"] == 0.6 and out["best_epoch"] == 1
+    with pytest.raises(NormfastError, match="resnet18-finetune-dali/metrics.jsonl: line 3 is not a JSON line"):
+        read_run(run)
+    assert summarize(tmp_path / "cifar10" / "none") == {"run_dir": str(tmp_path / "cifar10" / "none")}
 
 
 def test_sweep_reports_missing_data_and_fails(tmp_path):

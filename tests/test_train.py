@@ -54,7 +54,9 @@ def test_every_backbone_steps_with_every_backend(tiny, tmp_path, model):
 def test_run_directory_files(tiny, tmp_path):
     best = train_mod.train(cfg_for(tiny, tmp_path, epochs=2))
     run = tmp_path / "synthetic" / "resnet18-finetune-resident"
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "metrics.jsonl", "best_results.json", "best.pt", "last.pt"}
+    # the same files as before RunDir, plus the lock file; no temporary left behind
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "metrics.jsonl", "best_results.json", "best.pt",
+                                               "last.pt", ".lock"}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     for key in ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
@@ -88,6 +90,8 @@ def test_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):
     a = [json.loads(x) for x in (full / "synthetic/resnet18-finetune-torch/metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (cut / "synthetic/resnet18-finetune-torch/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in b] == [0, 1, 2]
+    # the learning rate of every epoch equals the uninterrupted run's: one cosine over 3 epochs
+    assert [r["lr"] for r in b] == [r["lr"] for r in a] == pytest.approx([0.001, 0.00075, 0.00025])
     for ra, rb in zip(a, b):
         for k in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-6), (ra["epoch"], k)
@@ -197,7 +201,7 @@ def test_ddp_two_processes_gloo(tmp_path, n):
 def test_resume_refuses_a_different_run(tiny, tmp_path):
     train_mod.train(cfg_for(tiny, tmp_path, epochs=1))
     with pytest.raises(NormfastError, match=r"--resume with a different configuration \(lr 0.001 -> 0.01\)"):
-        train_mod.train(cfg_for(tiny, tmp_path, epochs=2, resume=True, lr=0.01))
+        train_mod.train(cfg_for(tiny, tmp_path, epochs=1, resume=True, lr=0.01))
 
 
 def test_yaml_off_and_bad_values(tiny, tmp_path):

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from normfast.augment import draw_augmentation
+from normfast.device import resolve_device
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
 from normfast.normalization import NormSpec, resolve_norm
@@ -63,15 +65,6 @@ class LoaderConfig:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.manifest["image_shape"])
-
-
-def resolve_device(device) -> torch.device:
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NormfastError("device cuda requested but no CUDA GPU is available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise NormfastError(f"unknown device {str(device)!r}; valid: cpu, cuda")
-    return dev
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -124,11 +117,16 @@ def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augm
 
 
 class EpochLoader:
-    """Base for backends: `len()`, epoch counting, `set_epoch`."""
+    """Base for backends: `len()`, epoch counting, `set_epoch`, the epoch's plan, `close()`.
+
+    A loader holds threads, pipelines or device memory: `close()` (or `with loader:`)
+    releases them; a closed loader cannot be iterated again.
+    """
 
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg
         self.epoch = 0
+        self.closed = False
         start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
         self.shard_count = stop - start
 
@@ -143,10 +141,38 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(sample indices, crop offsets, flips) of `epoch` on this rank, in the order they
+        are yielded; offsets/flips are None without augmentation. Every backend but the
+        `torch` baseline takes its order and augmentation from here."""
+        cfg = self.cfg
+        order = epoch_order(cfg.count, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)
+        order = order[:self.num_samples]
+        if not cfg.augment:
+            return order, None, None
+        offsets, flips = draw_augmentation(len(order), epoch_seed(cfg.seed, epoch, cfg.rank))
+        return order, offsets, flips
+
     def __iter__(self):
+        if self.closed:
+            raise NormfastError(f"{self.cfg.data_dir}: this {self.cfg.split} loader was closed")
         epoch = self.epoch
         self.epoch += 1
         return self.iter_epoch(epoch)
 
     def iter_epoch(self, epoch: int):
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Free what the backend holds (pipelines, threads, device memory)."""
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

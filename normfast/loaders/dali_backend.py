@@ -1,101 +1,176 @@
-"""The `dali` backend: NVIDIA DALI reads the webdataset shards, decodes, augments, normalizes.
+"""The `dali` backend: NVIDIA DALI decodes, augments and normalizes the webdataset shards.
 
-One DALI pipeline per epoch, seeded with `epoch_seed(seed, epoch, rank)`, so an epoch's
-order and augmentation depend only on (seed, epoch) and `set_epoch` can jump anywhere.
-Building one costs ~0.1 s, so once epoch e has produced its first batch, epoch e+1's
-pipeline is built and started (`lookahead`); a jump elsewhere just discards it.
-The graph, per sample (HWC throughout):
+One DALI pipeline per loader, for the whole run, fed by an `external_source` callback.
+Each call hands DALI one batch, in the contract's order (`EpochLoader.plan`): the images
+of the batch's samples, their labels, and their crop anchors and flips (the draws every
+backend shares). The callback runs on the training thread each time a batch is scheduled,
+so its cost is one vectorized gather per shard and batch, never a Python loop per sample
+for raw shards:
 
-  source -> reshape (raw) | decoders.image (png/jpg; "mixed" on CUDA)
-    [.gpu() on CUDA: everything below runs as GPU ops]
-  augment: slice(start=offset-PAD, shape=HxW, pad with 0)   offset uniform in 0..2*PAD
-           mirror = coin_flip(0.5)
-  affine settings: crop_mirror_normalize(mirror, mean/std in pixel units) -> float32/16
+  raw:     a strided NumPy view (samples, H*W*C) of each memory-mapped tar (fixed-size
+           members sit at a constant stride) and one fancy index per shard and batch;
+  png/jpg: a list of zero-copy slices of the memory-mapped tars (one per sample: the
+           sizes differ), decoded by DALI (nvJPEG, `device="mixed"`, on CUDA).
+
+The graph, per sample (HWC throughout; on CUDA everything after the source runs on the GPU):
+
+  images -> [decoders.image]                       (png/jpg)
+  augment: slice(start=anchor, shape=HxW, pad with 0)  anchor = offset - PAD, offset in 0..2*PAD
+  affine settings: crop_mirror_normalize(mirror, mean/std in pixel units) -> float32
   instance:        crop_mirror_normalize(mirror) -> float32 pixels, then
                    normalize(axes=HW, ddof=1, epsilon=0) (a constant channel gives 0)
 
-Outputs are NHWC; `permute(0, 3, 1, 2)` makes them NCHW in channels-last memory at no
-cost. bfloat16 (which DALI lacks) is produced as float32 and cast in torch.
+DALI always produces float32 and torch casts to float16/bfloat16: DALI's GPU fp16
+conversion was seen up to 1.5e-3 off (more than half an fp16 ulp), and it has no bfloat16.
+Outputs are NHWC; `permute(0, 3, 1, 2)` makes them NCHW in channels-last memory at no cost.
 
-The source: in stored order (shuffle off, and verify's read-back), DALI's own
-`readers.webdataset` over this rank's block [n*r//w, n*(r+1)//w) (its sharding rule is the
-one `shard_bounds` states for all backends), padding its last batch, which we trim. Shuffled,
-an `external_source` that slices the memory-mapped shards in the contract's `epoch_order`:
-DALI's reader shuffles through a buffer that must hold the whole shard for a full
-permutation and is refilled every epoch, which cost a third to a half of the CPU
-throughput here; the ordered source costs nothing extra and yields exactly the order the
-other backends use.
+The pipeline keeps PREFETCH batches in flight, across epoch boundaries too: the callback's
+stream runs on from epoch e into e+1. A jump (`set_epoch`, a resumed run) or an epoch
+broken off early is detected from the tags of the batches in flight, which are then
+drained (at most PREFETCH batches of work) before the stream restarts where asked.
 """
 from __future__ import annotations
+
+import mmap
+import weakref
+from collections import deque
+from itertools import count
 
 import numpy as np
 import torch
 from nvidia.dali import Pipeline, fn, types
 
+from normfast.augment import PAD
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, num_batches
-from normfast.normalization import PAD
+from normfast.loaders import EpochLoader, LoaderConfig
 from normfast.shards import ShardReader, shard_files
 
 PREFETCH = 2      # pipeline iterations in flight
 
 
-class OrderedShardSource:
-    """Feeds a DALI pipeline the samples of the shards in a given order, batch by batch.
+# ---------------------------------------------------------------- the samples, vectorized
 
-    DALI's webdataset reader shuffles through a buffer: a full permutation needs a buffer as
-    large as the shard, refilled every epoch, which halved CPU throughput here. Reading in
-    the contract's `epoch_order` instead costs one slice of the memory-mapped tar per sample
-    (no copy until DALI's), and gives the very order every other backend uses.
-    """
-
-    def __init__(self, reader: ShardReader, order: np.ndarray, batch_size: int):
-        self.maps = [np.memmap(p, dtype=np.uint8, mode="r") for p in reader.shards]
-        self.loc = reader.locations
-        self.order, self.batch_size, self.pos = order, batch_size, 0
-        self.dense = reader.encoding == "raw"
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.pos >= len(self.order):
-            raise StopIteration
-        images, labels = [], []
-        for i in self.order[self.pos:self.pos + self.batch_size]:
-            k, off, size, label_off = self.loc[i]
-            images.append(self.maps[k][off:off + size])
-            labels.append(self.maps[k][label_off:label_off + 8].view("<i8"))
-        self.pos += self.batch_size
-        if self.dense:   # raw images all have one size: one dense batch is much cheaper for DALI
-            return np.stack(images), np.stack(labels)
-        return images, labels
+def _map(path) -> np.ndarray:
+    """A read-only uint8 array over a whole file (a plain ndarray: slicing an np.memmap
+    costs microseconds per slice, a plain view a fraction of that)."""
+    with open(path, "rb") as f:
+        return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
 
 
-def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, seed: int,
-                   num_threads: int, device_id, shard_size: int, rank: int = 0,
-                   world_size: int = 1, augment: bool = False, norm=None,
-                   out_dtype=types.FLOAT, source: OrderedShardSource | None = None) -> Pipeline:
-    """A built pipeline with outputs (images NHWC, labels (N, 1) int64).
+class ShardSamples:
+    """A split's samples in the shards, addressed by stored index, gathered by the batch."""
 
-    Samples come from DALI's webdataset reader in stored order (this rank's block), or from
-    `source` in the order it holds. `norm`: None for uint8 pixels, else the NormSpec to
-    apply. `device_id` None keeps every op on the CPU; an int puts decoding, augmentation
-    and normalization on that GPU.
+    def __init__(self, reader: ShardReader):
+        self.encoding, self.shape = reader.encoding, tuple(reader.shape)
+        loc = np.asarray(reader.locations, dtype=np.int64).reshape(-1, 4)   # shard, offset, size, label offset
+        self.n = len(loc)
+        self.maps = [_map(p) for p in reader.shards]
+        self.shard, self.offset, self.size = loc[:, 0], loc[:, 1], loc[:, 2]
+        self.labels = np.empty(self.n, np.int64)
+        self.local = np.empty(self.n, np.int64)          # position within its shard
+        self.views: list[np.ndarray | None] = []          # raw: (samples in shard, H*W*C) strided views
+        nbytes = int(np.prod(self.shape))
+        for k, data in enumerate(self.maps):
+            rows = np.flatnonzero(self.shard == k)
+            self.local[rows] = np.arange(len(rows))
+            label_at = loc[rows, 3]
+            self.labels[rows] = data[label_at[:, None] + np.arange(8)].view("<i8").reshape(-1)
+            self.views.append(self._strided(data, self.offset[rows], self.size[rows], nbytes)
+                              if self.encoding == "raw" else None)
+
+    @staticmethod
+    def _strided(data: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int):
+        """(len(offsets), nbytes) view when the members are fixed-size at a constant stride
+        (what the converter's USTAR writer produces); else None (gathered by index)."""
+        if len(offsets) == 0 or (sizes != nbytes).any():
+            return None
+        stride = int(offsets[1] - offsets[0]) if len(offsets) > 1 else nbytes
+        if stride <= 0 or (np.diff(offsets) != stride).any():
+            return None
+        return np.lib.stride_tricks.as_strided(data[offsets[0]:], shape=(len(offsets), nbytes),
+                                               strides=(stride, 1), writeable=False)
+
+    def images(self, idx: np.ndarray):
+        """raw: one (B, H, W, C) uint8 array; png/jpg: a list of B byte arrays."""
+        if self.encoding != "raw":
+            return [self.maps[k][o:o + s] for k, o, s in zip(self.shard[idx].tolist(), self.offset[idx].tolist(),
+                                                             self.size[idx].tolist())]
+        out = np.empty((len(idx), int(np.prod(self.shape))), np.uint8)
+        shards = self.shard[idx]
+        for k in np.unique(shards).tolist():
+            rows = np.flatnonzero(shards == k) if len(self.maps) > 1 else slice(None)
+            view = self.views[k]
+            if view is not None:
+                out[rows] = view[self.local[idx[rows]]]
+            else:
+                at = self.offset[idx[rows]]
+                out[rows] = self.maps[k][at[:, None] + np.arange(out.shape[1])]
+        return out.reshape(len(idx), *self.shape)
+
+
+class Feed:
+    """The external source's callback: the next batch of a stream that runs from a start
+    epoch on through the following ones. Records the (epoch, batch) tag of every batch it
+    hands DALI, in order, in `in_flight` (the consumer pops them with the outputs)."""
+
+    def __init__(self, loader: "DaliLoader"):
+        # a weak reference: the pipeline holds the feed, the loader the pipeline; a strong
+        # one would make a cycle that keeps DALI's threads alive until the cyclic GC runs
+        # (and a process that forks meanwhile, a DataLoader worker or FFCV's writer, hangs)
+        self.loader = weakref.proxy(loader)
+        self.stream = None
+        self.in_flight: deque = deque()
+
+    def start(self, epoch: int) -> None:
+        self.stream = self._batches(epoch)
+
+    def _batches(self, first: int):
+        loader, bs = self.loader, self.loader.cfg.batch_size
+        samples, augment = loader.samples, loader.cfg.augment
+        for epoch in count(first):
+            order, offsets, flips = loader.plan(epoch)
+            for b, s in enumerate(range(0, len(order), bs)):
+                idx = order[s:s + bs]
+                out = [samples.images(idx), samples.labels[idx]]
+                if augment:
+                    out += [offsets[s:s + bs] - PAD, flips[s:s + bs].astype(np.int32)]
+                yield (epoch, b), out
+
+    def __call__(self):
+        tag, batch = next(self.stream)
+        self.in_flight.append(tag)
+        return batch
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, device_id,
+                   augment: bool = False, norm=None, feed=None, reader=None) -> Pipeline:
+    """A built pipeline with outputs (images NHWC, labels).
+
+    Samples come from `feed` (a Feed: images, labels and, with `augment`, crop anchors and
+    flips), or from DALI's webdataset reader in stored order when `reader` is a dict of
+    `paths` and `indexes` (verify's read-back). `norm`: None for uint8 pixels, else the
+    NormSpec to apply (float32 out). `device_id` None keeps every op on the CPU.
     """
     h, w, c = shape
     gpu = device_id is not None
     pipe = Pipeline(batch_size=batch_size, num_threads=max(1, num_threads), device_id=device_id,
-                    seed=seed, prefetch_queue_depth=PREFETCH)
+                    seed=0, prefetch_queue_depth=PREFETCH)
     with pipe:
-        if source is None:
+        anchor = mirror = None
+        if reader is not None:
             data, labels = fn.readers.webdataset(
-                paths=[str(p) for p in paths], index_paths=[str(p) for p in indexes], ext=[encoding, "cls"],
-                dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
-                name="Reader", pad_last_batch=True, shard_id=rank, num_shards=world_size)
+                paths=[str(p) for p in reader["paths"]], index_paths=[str(p) for p in reader["indexes"]],
+                ext=[encoding, "cls"], dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
+                name="Reader", pad_last_batch=True)
+        elif augment:
+            data, labels, anchor, mirror = fn.external_source(
+                source=feed, num_outputs=4, batch=True, no_copy=False,
+                dtype=[types.UINT8, types.INT64, types.INT32, types.INT32])
         else:
-            data, labels = fn.external_source(source=source, num_outputs=2, batch=True,
-                                              dtype=[types.UINT8, types.INT64], no_copy=False)
+            data, labels = fn.external_source(source=feed, num_outputs=2, batch=True, no_copy=False,
+                                              dtype=[types.UINT8, types.INT64])
         if encoding == "raw":
             img = fn.reshape(data, shape=[h, w, c], layout="HWC")
             if gpu:
@@ -104,122 +179,105 @@ def build_pipeline(paths, indexes, encoding: str, shape, batch_size: int, *, see
             img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.RGB)
         if gpu:
             labels = labels.gpu()
-        mirror = 0
-        if augment:
-            offset = fn.random.uniform(values=list(range(2 * PAD + 1)), shape=[2], dtype=types.INT32)
-            img = fn.slice(img, start=offset - PAD, shape=[h, w], axis_names="HW",
+        if anchor is not None:
+            img = fn.slice(img, start=anchor, shape=[h, w], axis_names="HW",
                            out_of_bounds_policy="pad", fill_values=0)
-            mirror = fn.random.coin_flip(probability=0.5)
         if norm is not None:
+            mirror = 0 if mirror is None else mirror
             if norm.per_image:
                 # stats on 0..255 floats (the scale cancels out of (x-m)/s): sums of integer
                 # pixels are exact in float32 up to 2**24 (HW <= 65k), so a constant channel
                 # has exactly zero variance, and DALI outputs 0 for it (epsilon=0).
                 img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.FLOAT, output_layout="HWC")
                 img = fn.normalize(img, axes=[0, 1], ddof=1, epsilon=0.0)
-                if out_dtype != types.FLOAT:
-                    img = fn.cast(img, dtype=out_dtype)
             else:
                 mean, std = norm.pixel_mean_std()
-                img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=out_dtype, output_layout="HWC",
+                img = fn.crop_mirror_normalize(img, mirror=mirror, dtype=types.FLOAT, output_layout="HWC",
                                                mean=mean, std=std)
-        elif augment:
+        elif mirror is not None:
             img = fn.flip(img, horizontal=mirror)
         pipe.set_outputs(img, labels)
     pipe.build()
     return pipe
 
 
-def check_size(pipe: Pipeline, count: int, data_dir, split: str) -> None:
-    n = pipe.reader_meta("Reader")["epoch_size"]   # epoch_size() counts the padding
-    if n != count:
-        raise NormfastError(f"{data_dir}: DALI reads {n} {split} samples, manifest.json says {count}")
-
-
-def _to_torch(tensor_list, device: torch.device, zero_copy: bool) -> torch.Tensor:
-    t = tensor_list.as_tensor()
+def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     with device:
-        out = torch.from_dlpack(t)
-    # The dynamic executor (DALI's default) hands out buffers it never reuses, so a view is
-    # safe to keep; the classic executor recycles them on the next run().
-    return out if zero_copy else out.clone()
+        # The dynamic executor (DALI's default) hands out buffers it never reuses, so a
+        # view is safe to keep; the classic executor recycles them on the next run().
+        return torch.from_dlpack(tensor_list.as_tensor())
 
 
-def start(pipe: Pipeline) -> Pipeline:
-    """Schedule the first iterations: the reader starts reading (and filling its shuffle
-    buffer) in DALI's threads while the caller goes on."""
-    pipe.schedule_run()
-    return pipe
-
-
-def run_epoch(pipe: Pipeline, count: int, batch_size: int, drop_last: bool, device: torch.device):
-    """Yield one epoch of a started pipeline as (images NHWC, labels (N,)) torch batches, the
-    last one trimmed. Schedules no iteration past the epoch's end."""
-    zero_copy = bool(pipe.exec_dynamic)
-    n = num_batches(count, batch_size, drop_last)
-    scheduled = PREFETCH
-    for b in range(n):
-        if scheduled < n:
-            pipe.schedule_run()
-            scheduled += 1
-        images, labels = pipe.outputs()
-        k = min(batch_size, count - b * batch_size)
-        x = _to_torch(images, device, zero_copy)
-        y = _to_torch(labels, device, zero_copy).reshape(-1)
-        yield x[:k], y[:k]
-
-
-DALI_DTYPES = {torch.float32: types.FLOAT, torch.float16: types.FLOAT16,
-               torch.bfloat16: types.FLOAT}   # DALI has no bfloat16: cast in torch
+def shutdown(pipe: Pipeline | None) -> None:
+    """Stop a pipeline's threads and free its buffers now, not whenever GC runs."""
+    if pipe is None:
+        return
+    stop = getattr(pipe, "_shutdown", None)     # DALI's own teardown (what __del__ calls)
+    if stop is not None:
+        stop()
 
 
 class DaliLoader(EpochLoader):
-    lookahead = True    # build and start epoch e+1's pipeline during epoch e
-
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
-        self.paths, self.indexes, self.encoding = shard_files(cfg.data_dir, cfg.manifest, cfg.split)
+        self.samples = ShardSamples(ShardReader(cfg.data_dir, cfg.manifest, cfg.split))
+        if self.samples.n != cfg.count:
+            raise NormfastError(f"{cfg.data_dir}: the {cfg.split} shards hold {self.samples.n} samples, "
+                                f"manifest.json says {cfg.count}")
         self.device = cfg.device
-        if cfg.device.type == "cuda":
-            self.device_id = cfg.device.index if cfg.device.index is not None else torch.cuda.current_device()
-            self.device = torch.device("cuda", self.device_id)
-        else:
-            self.device_id = None
-        self.dali_dtype = DALI_DTYPES[cfg.dtype]
-        self._ahead: tuple[int, Pipeline] | None = None   # (epoch, started pipeline)
-        # shuffled epochs read in the contract's order (see OrderedShardSource)
-        self.shards = ShardReader(cfg.data_dir, cfg.manifest, cfg.split) if cfg.shuffle else None
+        self.device_id = cfg.device.index if cfg.device.type == "cuda" else None
+        self.feed = Feed(self)
+        self.pipe: Pipeline | None = None
+        self._current = 0          # the live epoch generator (an older one stops at once)
 
-    def pipeline(self, epoch: int) -> Pipeline:
-        cfg = self.cfg
-        source = None
-        if cfg.shuffle:
-            order = epoch_order(cfg.count, cfg.seed, epoch, True, cfg.rank, cfg.world_size)
-            source = OrderedShardSource(self.shards, order[:self.num_samples], cfg.batch_size)
-        return build_pipeline(
-            self.paths, self.indexes, self.encoding, cfg.image_shape, cfg.batch_size,
-            seed=epoch_seed(cfg.seed, epoch, cfg.rank) % 2 ** 31, num_threads=cfg.num_workers,
-            device_id=self.device_id, shard_size=self.shard_count,
-            rank=cfg.rank, world_size=cfg.world_size, augment=cfg.augment, norm=cfg.spec,
-            out_dtype=self.dali_dtype, source=source)
+    def _pipeline(self) -> Pipeline:
+        if self.pipe is None:
+            cfg = self.cfg
+            self.pipe = build_pipeline(self.samples.encoding, cfg.image_shape, cfg.batch_size,
+                                       num_threads=cfg.num_workers, device_id=self.device_id,
+                                       augment=cfg.augment, norm=cfg.spec, feed=self.feed)
+        return self.pipe
+
+    def _start(self, epoch: int) -> None:
+        """Make the batches in flight epoch `epoch`'s first ones (draining any others)."""
+        pipe, feed = self._pipeline(), self.feed
+        if feed.in_flight and feed.in_flight[0] == (epoch, 0):
+            return
+        while feed.in_flight:               # a jump, or an epoch broken off: discard
+            pipe.outputs()
+            feed.in_flight.popleft()
+        feed.start(epoch)
+        while len(feed.in_flight) < PREFETCH:   # DALI's first call already fills its queue
+            pipe.schedule_run()
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
-        ahead, self._ahead = self._ahead, None
-        if len(self) == 0:
+        n = len(self)
+        if n == 0:
             return
-        pipe = ahead[1] if ahead is not None and ahead[0] == epoch else start(self.pipeline(epoch))
-        del ahead
-        if not cfg.shuffle:
-            check_size(pipe, cfg.count, cfg.data_dir, cfg.split)
-        for b, (x, y) in enumerate(run_epoch(pipe, self.shard_count, cfg.batch_size, cfg.drop_last,
-                                             self.device)):
-            if b == 0 and self.lookahead:
-                # the next epoch's pipeline builds and fills its shuffle buffer meanwhile
-                self._ahead = (epoch + 1, start(self.pipeline(epoch + 1)))
+        self._current += 1
+        me = self._current
+        self._start(epoch)
+        pipe, feed = self.pipe, self.feed
+        for b in range(n):
+            if me != self._current or self.closed:
+                return
+            pipe.schedule_run()             # one more in flight (it may be the next epoch's)
+            images, labels = pipe.outputs()
+            tag = feed.in_flight.popleft()
+            assert tag == (epoch, b), f"DALI batch {tag} where {(epoch, b)} was expected"
+            x = _to_torch(images, self.device)
             if x.dtype != cfg.dtype:
                 x = x.to(cfg.dtype)
-            yield x.permute(0, 3, 1, 2), y
+            yield x.permute(0, 3, 1, 2), _to_torch(labels, self.device).reshape(-1)
+
+    def release(self) -> None:
+        shutdown(self.pipe)
+        self.pipe = None
+        self.feed.in_flight.clear()
+        if self.device_id is not None:
+            from nvidia.dali.backend import ReleaseUnusedMemory
+            ReleaseUnusedMemory()
 
 
 def make_loader(cfg: LoaderConfig) -> DaliLoader:
@@ -227,13 +285,22 @@ def make_loader(cfg: LoaderConfig) -> DaliLoader:
 
 
 def dali_uint8_batches(data_dir, manifest: dict, split: str, batch_size: int, num_threads: int = 2):
-    """A split read back through DALI on the CPU, in stored order, without augmentation or
-    normalization: yields (uint8 NHWC numpy, int64 labels numpy) batches (used by verify)."""
+    """A split read back through DALI's own webdataset reader on the CPU, in stored order,
+    without augmentation or normalization: yields (uint8 NHWC numpy, int64 labels numpy)
+    batches (used by verify)."""
     paths, indexes, encoding = shard_files(data_dir, manifest, split)
-    count = manifest["splits"][split]["count"]
-    pipe = start(build_pipeline(paths, indexes, encoding, tuple(manifest["image_shape"]),
-                                batch_size, seed=0, num_threads=num_threads, device_id=None,
-                                shard_size=count))
-    check_size(pipe, count, data_dir, split)
-    for x, y in run_epoch(pipe, count, batch_size, False, torch.device("cpu")):
-        yield x.numpy().copy(), y.numpy().copy()
+    count_ = manifest["splits"][split]["count"]
+    pipe = build_pipeline(encoding, tuple(manifest["image_shape"]), batch_size, num_threads=num_threads,
+                          device_id=None, reader={"paths": paths, "indexes": indexes})
+    try:
+        n = pipe.reader_meta("Reader")["epoch_size"]   # epoch_size() counts the padding
+        if n != count_:
+            raise NormfastError(f"{data_dir}: DALI reads {n} {split} samples, manifest.json says {count_}")
+        for b in range(0, count_, batch_size):
+            images, labels = pipe.run()
+            k = min(batch_size, count_ - b)
+            x = _to_torch(images, torch.device("cpu"))[:k]
+            y = _to_torch(labels, torch.device("cpu")).reshape(-1)[:k]
+            yield x.numpy().copy(), y.numpy().copy()
+    finally:
+        shutdown(pipe)

@@ -7,7 +7,8 @@ ffcv issue #396):
   image: SimpleRGBImageDecoder -> ToTensor [-> ToDevice(cuda, non_blocking)]   uint8 NHWC
   label: IntDecoder -> ToTensor [-> ToDevice] -> Squeeze                        int64 (B,)
 
-then `BatchTransform(spec, device, dtype, augment, epoch_seed(seed, epoch, rank))`: zero-pad
+then `BatchTransform(spec, device, dtype, augment)` with the epoch's crop offsets and flips
+from `EpochLoader.plan` (the same draws the `resident` and `dali` backends use): zero-pad
 PAD, crop at offsets 0..2*PAD, flip with p=0.5, normalize -> NCHW channels-last in `dtype`.
 
 Order: FFCV's traversal order is replaced by the contract's `epoch_order` (the same
@@ -44,9 +45,9 @@ import numpy as np
 import torch
 
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed, shard_bounds
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, shard_bounds
 from normfast.manifest import split_format
-from normfast.normalization import PAD
+from normfast.augment import PAD
 from normfast.ops import BatchTransform, keep_torch_threads
 
 AUGMENT_MODES = ("torch", "ffcv")   # extra["ffcv_augment"]; default torch (seeded)
@@ -134,6 +135,7 @@ class FfcvStream:
             raise NormfastError(f"{path}: holds {self.count} samples, manifest.json says {expected_count}")
         self.block = (start, stop)
         self.lock = threading.Lock()
+        self.users = 0      # loaders holding this stream (see get_stream / release_stream)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -183,7 +185,20 @@ def get_stream(path, batch_size: int, start: int, stop: int, *, drop_last: bool,
                 _STREAMS.popitem(last=False)
     if expected_count is not None and stream.count != expected_count:
         raise NormfastError(f"{path}: holds {stream.count} samples, manifest.json says {expected_count}")
+    with _STREAMS_LOCK:
+        stream.users += 1
     return stream
+
+
+def release_stream(stream: FfcvStream) -> None:
+    """A loader is done with `stream`: once no loader uses it, it leaves the cache (its FFCV
+    Loader, memory map and buffers are freed with it)."""
+    with _STREAMS_LOCK:
+        stream.users -= 1
+        if stream.users <= 0:
+            for key, s in list(_STREAMS.items()):
+                if s is stream:
+                    del _STREAMS[key]
 
 
 def stop_epoch(it) -> None:
@@ -216,6 +231,7 @@ class FfcvLoader(EpochLoader):
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
         self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size)
         self.stream = None
+        self._epoch = None
         if self.shard_count > 0:
             start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
             self.stream = get_stream(self.path, cfg.batch_size, start, stop, drop_last=cfg.drop_last,
@@ -228,10 +244,31 @@ class FfcvLoader(EpochLoader):
         cfg = self.cfg
         if self.stream is None or len(self) == 0:
             return
-        transform = BatchTransform(cfg.spec, self.device, cfg.dtype, cfg.augment and not self.ffcv_augment,
-                                   epoch_seed(cfg.seed, epoch, cfg.rank))
-        for images, labels in self.stream.epoch(epoch, self.order):
-            yield transform(images), labels
+        torch_augment = cfg.augment and not self.ffcv_augment
+        transform = BatchTransform(cfg.spec, self.device, cfg.dtype, torch_augment)
+        params = ()
+        if torch_augment:
+            _, offsets, flips = self.plan(epoch)
+            offsets, flips = torch.from_numpy(offsets).to(self.device), torch.from_numpy(flips).to(self.device)
+        pos = 0
+        self._epoch = batches = self.stream.epoch(epoch, self.order)
+        try:
+            for images, labels in batches:
+                if torch_augment:
+                    params = (offsets[pos:pos + len(labels)], flips[pos:pos + len(labels)])
+                pos += len(labels)
+                yield transform(images, *params), labels
+        finally:
+            batches.close()       # an epoch broken off stops FFCV's thread now, not at GC
+            self._epoch = None
+
+    def release(self) -> None:
+        """Stop an epoch still running (its FFCV thread) and give the shared stream back."""
+        if self._epoch is not None:
+            self._epoch.close()
+        if self.stream is not None:
+            release_stream(self.stream)
+            self.stream = None
 
 
 def make_loader(cfg: LoaderConfig) -> FfcvLoader:

@@ -3,7 +3,7 @@ with throughput beside accuracy, the seed's published numbers beside ours, and h
 answer is.
 
 Reads RUNS/<dataset>/<run>/{config.yaml, metrics.jsonl, best_results.json} (written by
-`normfast train`; runs.py is the only reader) and writes, each file atomically:
+`normfast train`; read through normfast.rundir.RunDir, as the sweep does) and writes, each file atomically:
 
   index.md          links, repeated runs left out, notes, and a closing answer per dataset
   table1.md         per dataset: train-split mean/std before and after each normalization
@@ -29,11 +29,10 @@ Decisions:
 - Unfinished runs are shown with their progress and never ranked or compared.
 """
 from normfast.report.index import answer_paragraphs, make_report
-from normfast.report.runs import (Run, load_runs, parse_metrics, pick_one_per_seed, read_run,
-                                  recorded_seed, weights_kind)
+from normfast.report.runs import Run, load_runs, pick_one_per_seed, read_run, recorded_seed, weights_kind
 from normfast.report.statistics import Paired, mean_std, paired_difference, rank_marks, within_noise
 from normfast.report.tables import group_runs, load_seed_results
 
 __all__ = ["make_report", "load_runs", "read_run", "recorded_seed", "pick_one_per_seed", "group_runs",
-           "rank_marks", "within_noise", "mean_std", "paired_difference", "Paired", "parse_metrics",
-           "weights_kind", "load_seed_results", "answer_paragraphs", "Run"]
+           "rank_marks", "within_noise", "mean_std", "paired_difference", "Paired", "weights_kind",
+           "load_seed_results", "answer_paragraphs", "Run"]

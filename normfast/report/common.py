@@ -1,8 +1,9 @@
 """The report's vocabulary (canonical orders, seed constants) and tiny formatting helpers."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from normfast import rundir
 
 MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
 DATASETS = ("cifar10", "cifar100", "svhn", "tiny-imagenet-200")
@@ -28,10 +29,7 @@ def signed(x: float) -> str:
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """normfast.rundir.write_atomic (temporary, fsync, rename; an OSError is one NormfastError
+    naming the file), returning the path written."""
+    rundir.write_atomic(path, data)
     return path

@@ -1,88 +1,44 @@
-"""Reading run directories: the one place that opens config.yaml, metrics.jsonl and
-best_results.json for the report (and for the sweep's summary), and the rule that keeps
-one run per (configuration, seed).
+"""Runs as the report sees them, and the rule that keeps one run per (configuration, seed).
 
-Tolerant where a kill can leave a mark, strict elsewhere: a last metrics line cut by a kill
-is skipped; any other unreadable file or line is a NormfastError naming the file.
+The files themselves are read by normfast.rundir.RunDir, the owner of the run-directory
+format (also for the sweep): a last metrics line cut by a kill is dropped; any other
+unreadable file or line is a NormfastError naming the file. The report adds one rule of its
+own: config.yaml must name model, norm and backend.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from normfast.errors import NormfastError
 from normfast.report.common import DATASETS, MODELS, NORMS
+from normfast.rundir import CONFIG, RunDir
 
 
 # ---------------------------------------------------------------- reading one run
 
-def parse_metrics(text: str, where: str = "metrics.jsonl") -> list[dict]:
-    """metrics.jsonl rows. The last line may be cut by a kill and is then skipped; any other
-    line that is not a JSON object with a numeric test_acc is an error naming `where`."""
-    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-    rows = []
-    for k, (i, line) in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if k == len(lines) - 1:
-                continue             # cut by a kill while the epoch's line was written
-            raise NormfastError(f"{where}: line {i} is not valid JSON (only the last line may be cut)") from None
-        if not isinstance(row, dict) or not isinstance(row.get("test_acc"), (int, float)) \
-                or not isinstance(row.get("epoch"), int):
-            raise NormfastError(f"{where}: line {i} is not an epoch row (needs integer epoch and numeric test_acc)")
-        rows.append(row)
-    return rows
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise NormfastError(f"{path}: cannot read it ({e})") from None
-
-
-def read_config(path: Path) -> dict:
+def read_config(run_dir: Path) -> dict:
     """config.yaml as `normfast train` writes it; it must name model, norm and backend."""
-    try:
-        config = yaml.safe_load(_read_text(path))
-    except yaml.YAMLError as e:
-        raise NormfastError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise NormfastError(f"{path}: expected a mapping of keys to values")
+    rundir = RunDir(run_dir)
+    config = rundir.read_config()
     missing = [k for k in ("model", "norm", "backend") if not config.get(k)]
     if missing:
-        raise NormfastError(f"{path}: incomplete, no {', '.join(missing)}")
+        raise NormfastError(f"{rundir.config_path}: incomplete, no {', '.join(missing)}")
     return config
 
 
-def _read_best(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise NormfastError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise NormfastError(f"{path}: expected a JSON object")
-    return data
-
-
-def read_run(run_dir: Path) -> "Run":
-    run_dir = Path(run_dir)
-    config = read_config(run_dir / "config.yaml")
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics = parse_metrics(_read_text(metrics_path), str(metrics_path)) if metrics_path.exists() else []
-    return Run(run_dir, config, metrics, _read_best(run_dir / "best_results.json"))
+def read_run(run_dir: Path, strict: bool = True) -> "Run":
+    """One run directory. strict=False (the sweep's summary line) keeps the metrics rows before
+    a damaged line instead of refusing the file; config.yaml and best_results.json are always
+    checked."""
+    rundir = RunDir(run_dir)
+    return Run(rundir.path, read_config(rundir.path), rundir.read_metrics(strict=strict), rundir.read_best())
 
 
 def recorded_seed(run_dir: Path):
     """The seed a run directory was trained with, or None when it holds no run yet."""
-    path = Path(run_dir) / "config.yaml"
-    return read_config(path).get("seed") if path.exists() else None
+    rundir = RunDir(run_dir)
+    return rundir.read_config().get("seed") if rundir.config_path.exists() else None
 
 
 # ---------------------------------------------------------------- one run
@@ -199,7 +155,7 @@ def load_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
         raise NormfastError(f"{runs_dir}: runs directory not found (it is what `normfast train --runs` "
                             "or `normfast sweep` writes)")
     runs, notes = [], []
-    for cfg_path in sorted(runs_dir.glob("*/*/config.yaml")):
+    for cfg_path in sorted(runs_dir.glob(f"*/*/{CONFIG}")):
         run = read_run(cfg_path.parent)
         if run.best_acc is None:
             notes.append(f"`{run.path}`: no epoch finished yet; not in the accuracy tables")
