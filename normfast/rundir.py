@@ -146,7 +146,9 @@ class RunDir:
             data = yaml.safe_load(self.config_path.read_text())
         except FileNotFoundError:
             raise NormfastError(f"{self.config_path}: missing") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        except yaml.YAMLError as e:
+            raise NormfastError(f"{self.config_path}: not valid YAML ({_why(e)})") from None
+        except (OSError, UnicodeDecodeError) as e:
             raise NormfastError(f"{self.config_path}: unreadable ({_why(e)})") from None
         if not isinstance(data, dict):
             raise NormfastError(f"{self.config_path}: expected a mapping of keys to values")

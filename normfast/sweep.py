@@ -3,6 +3,13 @@
 Runs every dataset x model x norm x backend (x seed) configuration in a fixed order,
 skips finished runs, resumes interrupted ones, and `--shard i/n` keeps every n-th
 configuration starting at the i-th so that n machines share the list without overlap.
+
+A run directory is a function of (configuration, seed) alone: `<model>-<norm>-<backend>`
+for the study's seed 223 (the name `normfast train` gives by default) and
+`<model>-<norm>-<backend>-s<seed>` for any other seed, whether or not --seeds was given, so
+a seed is never trained twice under two names. Directories named by older versions (which
+suffixed seed 223 when --seeds was given, and left another lone grid seed plain) are found
+by the seed recorded in their config.yaml and reused.
 """
 from __future__ import annotations
 
@@ -17,6 +24,29 @@ from normfast.manifest import load_manifest
 from normfast.rundir import RunDir
 
 GRID_KEYS = {"data_root", "runs", "datasets", "models", "norms", "backends", "seeds", "train"}
+STUDY_SEED = 223          # the seed's SEED, and TrainConfig's default
+
+
+def run_name(model: str, norm: str, backend: str, seed) -> str:
+    """The run directory name of one (configuration, seed)."""
+    base = f"{model}-{norm}-{backend}"
+    return base if seed == STUDY_SEED else f"{base}-s{seed}"
+
+
+def resolve_run_name(dataset_dir: Path, spec: "RunSpec") -> str:
+    """spec.run_name, or the older name already holding this seed's run. When the plain name
+    holds another seed's run (trained by an older sweep or a plain `normfast train --seed`),
+    this seed goes to the suffixed name instead of colliding with it."""
+    from normfast.report.runs import recorded_seed
+    base = f"{spec.model}-{spec.norm}-{spec.backend}"
+    suffixed = f"{base}-s{spec.seed}"
+    candidates = [spec.run_name] + [n for n in (base, suffixed) if n != spec.run_name]
+    for name in candidates:
+        if recorded_seed(dataset_dir / name) == spec.seed:
+            return name
+    if recorded_seed(dataset_dir / spec.run_name) is not None:     # taken by another seed
+        return suffixed
+    return spec.run_name
 
 
 @dataclass
@@ -68,12 +98,10 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
     seeds = seeds or default
     if any(s < 0 for s in seeds):
         raise NormfastError(f"seeds must be non-negative integers, got {seeds}")
-    # the plain run name belongs to the grid's one default seed; any other seed is suffixed
-    suffixed = len(seeds) > 1 or seeds != default[:1]
-    runs = []
-    for d, m, nm, b, s in itertools.product(axes["datasets"], axes["models"], axes["norms"], axes["backends"], seeds):
-        name = f"{m}-{nm}-{b}" + (f"-s{s}" if suffixed else "")
-        runs.append(RunSpec(d, m, nm, b, s, name))
+    if len(set(seeds)) != len(seeds):
+        raise NormfastError(f"seeds {seeds}: a seed is listed twice (each seed is one run)")
+    runs = [RunSpec(d, m, nm, b, s, run_name(m, nm, b, s)) for d, m, nm, b, s in itertools.product(
+        axes["datasets"], axes["models"], axes["norms"], axes["backends"], seeds)]
     i, n = parse_shard(shard)
     return runs[i - 1::n]
 
@@ -91,6 +119,8 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
         label = f"[{k}/{len(runs)}] {r.dataset} {r.run_name}"
         try:
             manifest = load_manifest(data_root / r.dataset)
+            r.run_name = resolve_run_name(Path(runs_root) / manifest["name"], r)
+            label = f"[{k}/{len(runs)}] {r.dataset} {r.run_name}"
             cfg = resolve_train_config(
                 None, layers=[(f"{grid_path}: train", grid.get("train") or {})],
                 **((overrides or {}) |
@@ -117,12 +147,17 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
 
 
 def summarize(run_dir: Path) -> dict:
+    from normfast.report.runs import read_run
     out = {"run_dir": str(run_dir)}
-    run = RunDir(run_dir)
-    out |= {k: v for k, v in run.read_best().items() if k in ("best_acc", "best_epoch")}
-    rows = [r for r in run.read_metrics(strict=False) if isinstance(r.get("train_images_per_second"), (int, float))]
-    if rows:
-        out["train_images_per_second"] = sum(r["train_images_per_second"] for r in rows) / len(rows)
+    if not RunDir(run_dir).config_path.exists():
+        return out
+    # the summary line tolerates a damaged metrics line (rows before it count); `normfast report` does not
+    run = read_run(run_dir, strict=False)
+    if run.best_acc is not None:
+        out |= {"best_acc": run.best_acc, "best_epoch": run.best_epoch}
+    ips = run.mean_of("train_images_per_second")
+    if ips is not None:
+        out["train_images_per_second"] = ips
     return out
 
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from converters.convert import ConvertConfig, convert
 from normfast.cli import main
 from normfast.errors import NormfastError
-from normfast.sweep import plan
+from normfast.report import read_run
+from normfast.sweep import plan, resolve_run_name, summarize
 
 GRID = {"datasets": ["cifar10", "svhn"], "models": ["resnet18", "resnet50"],
         "norms": ["finetune", "pretrain", "instance", "minmax"], "backends": ["dali"], "seeds": [223]}
@@ -19,10 +20,16 @@ def test_plan_filters_seeds_and_shards():
     assert len(runs) == 16 and runs[0].run_name == "resnet18-finetune-dali"
     sub = plan(GRID, {"models": ["resnet50"], "norms": ["minmax"]}, None, None)
     assert [(r.dataset, r.run_name) for r in sub] == [("cifar10", "resnet50-minmax-dali"), ("svhn", "resnet50-minmax-dali")]
+    # a run's name depends on (configuration, seed) only: seed 223 is plain with or without --seeds
     seeded = plan(GRID, {"datasets": ["svhn"]}, [223, 224, 225], None)
-    assert len(seeded) == 24 and seeded[0].run_name.endswith("-s223")
+    assert len(seeded) == 24
+    assert [r.run_name for r in seeded[:3]] == ["resnet18-finetune-dali", "resnet18-finetune-dali-s224",
+                                                "resnet18-finetune-dali-s225"]
     assert plan(GRID, {}, [224], None)[0].run_name == "resnet18-finetune-dali-s224"   # never seed 223's run
     assert plan(GRID, {}, [223], None)[0].run_name == "resnet18-finetune-dali"
+    assert plan(dict(GRID, seeds=[7]), {}, None, None)[0].run_name == "resnet18-finetune-dali-s7"
+    with pytest.raises(NormfastError, match="listed twice"):
+        plan(GRID, {}, [223, 223], None)
     shards = [plan(GRID, {}, None, f"{i}/3") for i in (1, 2, 3)]
     names = [(r.dataset, r.run_name) for s in shards for r in s]
     assert sorted(names) == sorted((r.dataset, r.run_name) for r in runs) and len(set(names)) == 16
@@ -58,6 +65,56 @@ def test_sweep_runs_skips_and_summarizes(grid_setup):
     assert "failed: " in r.output and "--resume with --epochs 2, but this run was scheduled for 1 epochs" in r.output
     rows = (root / "runs/synthetic/resnet18-minmax-resident/metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in rows] == [0]
+    # the same seed with --seeds is the same run (it was trained twice under two names before)
+    r = CliRunner().invoke(main, ["sweep", str(path), "-q", "--seeds", "223,224", "--norm", "finetune", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "synthetic resnet18-finetune-resident: done before" in r.output
+    assert "synthetic resnet18-finetune-resident-s224: to run" in r.output
+    # a line cut by a kill does not make a finished run look failed in the summary
+    metrics = root / "runs/synthetic/resnet18-finetune-resident/metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 1, "tr')
+    r = CliRunner().invoke(main, ["sweep", str(path), "-q", "--norm", "finetune"])
+    assert r.exit_code == 0, r.output
+    assert "| synthetic | resnet18 | finetune | resident | 223 | done before |" in r.output
+
+
+def test_seed_is_found_under_older_names(tmp_path):
+    """Directories named by older sweeps are reused by the seed their config.yaml records; a
+    plain name holding another seed's run never receives seed 223."""
+    ds = tmp_path / "runs" / "cifar10"
+    spec = lambda seed: [r for r in plan(GRID, {}, [seed], None) if r.dataset == "cifar10"][0]
+
+    def old_run(name, seed):
+        (ds / name).mkdir(parents=True)
+        (ds / name / "config.yaml").write_text(yaml.safe_dump(dict(model="resnet18", norm="finetune",
+                                                                   backend="dali", seed=seed)))
+    assert resolve_run_name(ds, spec(223)) == "resnet18-finetune-dali"          # nothing there yet
+    old_run("resnet18-finetune-dali-s223", 223)          # an old `--seeds 223,...` sweep
+    assert resolve_run_name(ds, spec(223)) == "resnet18-finetune-dali-s223"
+    old_run("resnet18-finetune-dali", 224)               # an old grid with seeds: [224]
+    assert resolve_run_name(ds, spec(224)) == "resnet18-finetune-dali"
+    assert resolve_run_name(ds, spec(225)) == "resnet18-finetune-dali-s225"
+    (ds / "resnet18-finetune-dali-s223" / "config.yaml").unlink()
+    assert resolve_run_name(ds, spec(223)) == "resnet18-finetune-dali-s223"     # plain one holds seed 224
+    (ds / "resnet18-finetune-dali" / "config.yaml").write_text("seed: [")
+    with pytest.raises(NormfastError, match="resnet18-finetune-dali/config.yaml: not valid YAML"):
+        resolve_run_name(ds, spec(223))
+
+
+def test_summary_keeps_the_rows_before_a_damaged_line(tmp_path):
+    """The sweep's summary line reads through RunDir leniently (rows before the damage count);
+    the report refuses the same file, naming it."""
+    run = tmp_path / "cifar10" / "resnet18-finetune-dali"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(model="resnet18", norm="finetune", backend="dali",
+                                                         seed=223, epochs=3)))
+    row = lambda e, ips: json.dumps({"epoch": e, "test_acc": 0.5 + e / 10, "train_images_per_second": ips})
+    (run / "metrics.jsonl").write_text(row(0, 100.0) + "\n" + row(1, 300.0) + "\n{garbage\n" + row(3, 900.0) + "\n")
+    out = summarize(run)
+    assert out["train_images_per_second"] == 200.0 and out["best_acc"] == 0.6 and out["best_epoch"] == 1
+    with pytest.raises(NormfastError, match="resnet18-finetune-dali/metrics.jsonl: line 3 is not a JSON line"):
+        read_run(run)
+    assert summarize(tmp_path / "cifar10" / "none") == {"run_dir": str(tmp_path / "cifar10" / "none")}
 
 
 def test_sweep_reports_missing_data_and_fails(tmp_path):

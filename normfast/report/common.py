@@ -1,0 +1,35 @@
+"""The report's vocabulary (canonical orders, seed constants) and tiny formatting helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from normfast import rundir
+
+MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
+DATASETS = ("cifar10", "cifar100", "svhn", "tiny-imagenet-200")
+NORMS = ("finetune", "pretrain", "instance", "minmax")
+DASH = "—"
+NOISE = "≈"
+TIE = "tie within noise"
+
+
+def order(values, canonical) -> list:
+    """values in the canonical order first, then any others sorted."""
+    values = set(values)
+    return [v for v in canonical if v in values] + sorted(values - set(canonical))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def signed(x: float) -> str:
+    """Signed percentage points: +0.12 / -0.10."""
+    return f"{100 * x:+.2f}"
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """normfast.rundir.write_atomic (temporary, fsync, rename; an OSError is one NormfastError
+    naming the file), returning the path written."""
+    rundir.write_atomic(path, data)
+    return path
