@@ -18,6 +18,8 @@
 #   bash benchmarks/gpu_check.sh                         # the whole check (< 8 min on an H100/H200)
 #   STEPS_ONLY="tests table train" bash benchmarks/gpu_check.sh   # a subset
 #   DEVICE=cpu bash benchmarks/gpu_check.sh              # dry run without a GPU (tiny, eager only)
+# Knobs: LIMIT (images), STEPS/WARMUP/REPEATS (bench), MODELS, DENSE (empty: none), COMPILES,
+# TRAIN_COMPILES, NUM_WORKERS, STEP_TIMEOUT (seconds per step), WORK (scratch folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -28,12 +30,12 @@ STEPS_ONLY=${STEPS_ONLY:-tests table dense train}
 WORK=${WORK:-$(mktemp -d)}
 if [ "$DEVICE" = cpu ]; then
   LIMIT=${LIMIT:-1200}; STEPS=${STEPS:-2}; WARMUP=${WARMUP:-1}; REPEATS=${REPEATS:-1}
-  COMPILES=${COMPILES:-none}; AMP=off; MODELS=${MODELS:-resnet18}; DENSE=${DENSE:-}
+  COMPILES=${COMPILES:-none}; AMP=off; MODELS=${MODELS:-resnet18}; DENSE=${DENSE-}
   TRAIN_COMPILES=${TRAIN_COMPILES:-none}
 else
   LIMIT=${LIMIT:-20000}; STEPS=${STEPS:-30}; WARMUP=${WARMUP:-10}; REPEATS=${REPEATS:-3}
   COMPILES=${COMPILES:-none,cudagraphs}; AMP=bf16; MODELS=${MODELS:-resnet18,resnet50}
-  DENSE=${DENSE:-densenet121,densenet161}; TRAIN_COMPILES=${TRAIN_COMPILES:-none cudagraphs}
+  DENSE=${DENSE-densenet121,densenet161}; TRAIN_COMPILES=${TRAIN_COMPILES:-none cudagraphs}
 fi
 NW=${NUM_WORKERS:-$(nproc)}
 
@@ -49,7 +51,7 @@ log() { echo "gpu_check $(date +%H:%M:%S): $*"; }
 run_step() {  # name, command...: runs it, logs to $RESULTS.<name>.log, records its exit status
   local name=$1; shift
   log "$name: $*"
-  "$@" 2>&1 | tee "$RESULTS.$name.log"
+  ${STEP_TIMEOUT:+timeout "$STEP_TIMEOUT"} "$@" 2>&1 | tee "$RESULTS.$name.log"
   local rc=${PIPESTATUS[0]}
   echo "$name $rc" >> "$status"
   log "$name exited $rc"
