@@ -45,7 +45,7 @@ from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig
 from normfast.shards import ShardReader, shard_files
 
-PREFETCH = 2      # pipeline iterations in flight
+PREFETCH = 2      # pipeline iterations in flight (extra["dali_prefetch"] overrides)
 
 
 # ---------------------------------------------------------------- the samples, vectorized
@@ -145,7 +145,7 @@ class Feed:
 # ---------------------------------------------------------------- the pipeline
 
 def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, device_id,
-                   augment: bool = False, norm=None, feed=None, reader=None) -> Pipeline:
+                   augment: bool = False, norm=None, feed=None, reader=None, prefetch: int = PREFETCH) -> Pipeline:
     """A built pipeline with outputs (images NHWC, labels).
 
     Samples come from `feed` (a Feed: images, labels and, with `augment`, crop anchors and
@@ -156,7 +156,7 @@ def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, d
     h, w, c = shape
     gpu = device_id is not None
     pipe = Pipeline(batch_size=batch_size, num_threads=max(1, num_threads), device_id=device_id,
-                    seed=0, prefetch_queue_depth=PREFETCH)
+                    seed=0, prefetch_queue_depth=prefetch)
     with pipe:
         anchor = mirror = None
         if reader is not None:
@@ -229,13 +229,20 @@ class DaliLoader(EpochLoader):
         self.feed = Feed(self)
         self.pipe: Pipeline | None = None
         self._current = 0          # the live epoch generator (an older one stops at once)
+        self.prefetch = int(cfg.extra.get("dali_prefetch") or PREFETCH)
+        # async outputs (CUDA only): DALI's outputs are ordered on torch's stream instead of
+        # the host waiting for DALI's GPU work; torch copies them at once, and DALI's buffers
+        # are held until an event recorded after that copy has completed.
+        self.async_outputs = self.device_id is not None and bool(cfg.extra.get("dali_async", True))
+        self._held: deque = deque()
 
     def _pipeline(self) -> Pipeline:
         if self.pipe is None:
             cfg = self.cfg
             self.pipe = build_pipeline(self.samples.encoding, cfg.image_shape, cfg.batch_size,
                                        num_threads=cfg.num_workers, device_id=self.device_id,
-                                       augment=cfg.augment, norm=cfg.spec, feed=self.feed)
+                                       augment=cfg.augment, norm=cfg.spec, feed=self.feed,
+                                       prefetch=self.prefetch)
         return self.pipe
 
     def _start(self, epoch: int) -> None:
@@ -244,10 +251,10 @@ class DaliLoader(EpochLoader):
         if feed.in_flight and feed.in_flight[0] == (epoch, 0):
             return
         while feed.in_flight:               # a jump, or an epoch broken off: discard
-            pipe.outputs()
+            self._outputs(pipe)
             feed.in_flight.popleft()
         feed.start(epoch)
-        while len(feed.in_flight) < PREFETCH:   # DALI's first call already fills its queue
+        while len(feed.in_flight) < self.prefetch:   # DALI's first call already fills its queue
             pipe.schedule_run()
 
     def iter_epoch(self, epoch: int):
@@ -263,15 +270,34 @@ class DaliLoader(EpochLoader):
             if me != self._current or self.closed:
                 return
             pipe.schedule_run()             # one more in flight (it may be the next epoch's)
-            images, labels = pipe.outputs()
-            tag = feed.in_flight.popleft()
+            tag = feed.in_flight[0]
             assert tag == (epoch, b), f"DALI batch {tag} where {(epoch, b)} was expected"
+            x, y = self._outputs(pipe)
+            feed.in_flight.popleft()
+            yield x.permute(0, 3, 1, 2), y
+
+    def _outputs(self, pipe: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch as torch tensors in the loader's dtype (images NHWC, labels (N,))."""
+        dtype = self.cfg.dtype
+        if not self.async_outputs:
+            images, labels = pipe.outputs()
             x = _to_torch(images, self.device)
-            if x.dtype != cfg.dtype:
-                x = x.to(cfg.dtype)
-            yield x.permute(0, 3, 1, 2), _to_torch(labels, self.device).reshape(-1)
+            return (x if x.dtype == dtype else x.to(dtype)), _to_torch(labels, self.device).reshape(-1)
+        stream = torch.cuda.current_stream(self.device)
+        images, labels = pipe.outputs(cuda_stream=stream)
+        x = _to_torch(images, self.device).to(dtype, copy=True)      # torch-owned copies, on `stream`
+        y = _to_torch(labels, self.device).reshape(-1).clone()
+        done = torch.cuda.Event()
+        done.record(stream)
+        self._held.append((done, images, labels))
+        while self._held and self._held[0][0].query():                # DALI's buffers go back once read
+            self._held.popleft()
+        return x, y
 
     def release(self) -> None:
+        for done, *_ in self._held:
+            done.synchronize()
+        self._held.clear()
         shutdown(self.pipe)
         self.pipe = None
         self.feed.in_flight.clear()

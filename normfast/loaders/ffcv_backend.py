@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, shard_bounds
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, shard_bounds, to_device
 from normfast.manifest import split_format
 from normfast.augment import PAD
 from normfast.ops import BatchTransform, keep_torch_threads
@@ -249,7 +249,7 @@ class FfcvLoader(EpochLoader):
         params = ()
         if torch_augment:
             _, offsets, flips = self.plan(epoch)
-            offsets, flips = torch.from_numpy(offsets).to(self.device), torch.from_numpy(flips).to(self.device)
+            offsets, flips = to_device(offsets, self.device), to_device(flips, self.device)
         pos = 0
         self._epoch = batches = self.stream.epoch(epoch, self.order)
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from normfast.loaders import EpochLoader, LoaderConfig
+from normfast.loaders import EpochLoader, LoaderConfig, to_device
 from normfast.ops import BatchTransform
 from normfast.readback import iter_split
 
@@ -32,9 +32,9 @@ class ResidentLoader(EpochLoader):
     def iter_epoch(self, epoch: int):
         cfg, dev, bs = self.cfg, self.cfg.device, self.cfg.batch_size
         order, offsets, flips = self.plan(epoch)
-        order = torch.from_numpy(order).to(dev)
+        order = to_device(order, dev)
         if cfg.augment:
-            offsets, flips = torch.from_numpy(offsets).to(dev), torch.from_numpy(flips).to(dev)
+            offsets, flips = to_device(offsets, dev), to_device(flips, dev)
         for c in range(0, len(order), self.chunk):
             idx = order[c:c + self.chunk]
             x = self.transform(self.images[idx], *((offsets[c:c + self.chunk], flips[c:c + self.chunk])

@@ -1,0 +1,131 @@
+"""Where a DALI batch's time goes, and which feeding variant keeps the GPU busiest.
+
+For the `dali` backend on one converted dataset (shuffled epochs, augment, finetune):
+  source     the external-source callback alone (gather of one batch from the shards), ms/batch
+  loader     the loader alone, no model: ms/batch and img/s (source + DALI's CPU and GPU
+             stages + hand-over to torch); hand-over = time in the loader's _outputs call
+  train      a TrainStep's ceiling and end-to-end img/s with the loader (bench.train's method)
+per variant: outputs synchronized with the host (sync) or ordered on torch's stream
+(async), and the prefetch depth. resident and ffcv are measured beside it for reference.
+  python benchmarks/dali_profile.py --data DIR [--device cuda] [--compile cudagraphs] [--json F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from normfast.bench import _bench_one, _endless, machine
+from normfast.device import resolve_device, sync, use_device
+from normfast.loaders import build_loader
+from normfast.manifest import load_manifest
+from normfast.train import AMP_DTYPES, TrainStep, resolve_amp
+
+VARIANTS = {"sync-2": dict(dali_async=False, dali_prefetch=2), "async-2": dict(dali_async=True, dali_prefetch=2),
+            "async-4": dict(dali_async=True, dali_prefetch=4), "sync-4": dict(dali_async=False, dali_prefetch=4)}
+
+
+def loader_alone(ld, device, batches: int) -> dict:
+    it = _endless(ld)
+    for _ in range(5):
+        next(it)
+    handover = [0.0]
+    real = ld._outputs
+
+    def timed(pipe):
+        t = time.perf_counter()
+        out = real(pipe)
+        handover[0] += time.perf_counter() - t
+        return out
+    ld._outputs = timed
+    sync(device)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        x, y = next(it)
+        n += len(y)
+    sync(device)
+    dt = time.perf_counter() - t0
+    ld._outputs = real
+    it.close()
+    return {"ms_per_batch": dt / batches * 1e3, "images_per_second": n / dt,
+            "handover_ms_per_batch": handover[0] / batches * 1e3}
+
+
+def source_alone(ld, batches: int) -> float:
+    order, offsets, flips = ld.plan(0)
+    bs = ld.cfg.batch_size
+    t = time.perf_counter()
+    for b in range(batches):
+        s = (b * bs) % max(1, len(order) - bs)
+        idx = order[s:s + bs]
+        ld.samples.images(idx), ld.samples.labels[idx]
+    return (time.perf_counter() - t) / batches * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--compile", default="cudagraphs")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--num-workers", type=int, default=4)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    device = resolve_device(a.device)
+    use_device(device)
+    amp = resolve_amp("auto", device)
+    dtype = AMP_DTYPES.get(amp, torch.float32)
+    compile_mode = a.compile if device.type == "cuda" else "none"
+    manifest = load_manifest(a.data)
+    common = dict(augment=True, device=device, dtype=dtype, seed=223, shuffle=True, drop_last=True,
+                  num_workers=a.num_workers)
+    records = []
+    variants = [v for v in a.variants.split(",") if v]
+    for name in variants:
+        with build_loader(a.data, "train", "dali", a.batch_size, "finetune", **common, **VARIANTS[name]) as ld:
+            rec = {"what": "loader", "backend": "dali", "variant": name, "source_ms_per_batch": source_alone(ld, 50)}
+            rec |= loader_alone(ld, device, 4 * a.steps)
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+    step = TrainStep(a.model, len(manifest["classes"]), pretrained="none", device=device, amp=amp,
+                     compile=compile_mode, lr=1e-3, epochs=1, scheduler="none", seed=223,
+                     static_batch_sizes=(a.batch_size,))
+    step.train(True)
+    runs = [("dali", v, VARIANTS[v]) for v in variants] + [("resident", "", {}), ("ffcv", "", {})]
+    for backend, name, extra in runs:
+        try:
+            with build_loader(a.data, "train", backend, a.batch_size, "finetune", **common, **extra) as ld:
+                rec = _bench_one(step, ld, device, a.steps, 10, a.repeats)
+        except Exception as e:  # noqa: BLE001 - a backend missing here is reported, the rest goes on
+            print(f"{backend} {name}: {type(e).__name__}: {e}", flush=True)
+            continue
+        rec |= {"what": "train", "backend": backend, "variant": name, "model": a.model, "compile": compile_mode,
+                "amp": amp}
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+    print("\n| backend | variant | source ms/batch | loader alone ms/batch | hand-over ms/batch | loader img/s |")
+    print("|---|---|---|---|---|---|")
+    for r in records:
+        if r["what"] == "loader":
+            print(f"| dali | {r['variant']} | {r['source_ms_per_batch']:.3f} | {r['ms_per_batch']:.2f} | "
+                  f"{r['handover_ms_per_batch']:.2f} | {r['images_per_second']:,.0f} |")
+    print(f"\n| backend | variant | ceiling img/s | end-to-end img/s | efficiency | data wait |  ({a.model}, {compile_mode})")
+    print("|---|---|---|---|---|---|")
+    for r in records:
+        if r["what"] == "train":
+            print(f"| {r['backend']} | {r['variant'] or '—'} | {r['ceiling_images_per_second']:,.0f} | "
+                  f"{r['images_per_second']:,.0f} | {r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"machine": machine(), "records": records}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
