@@ -5,8 +5,8 @@ For the `dali` backend on one converted dataset (shuffled epochs, augment, finet
   loader     the loader alone, no model: ms/batch and img/s (source + DALI's CPU and GPU
              stages + hand-over to torch); hand-over = time in the loader's _outputs call
   train      a TrainStep's ceiling and end-to-end img/s with the loader (bench.train's method)
-per variant: outputs synchronized with the host (sync) or ordered on torch's stream
-(async), and the prefetch depth. resident and ffcv are measured beside it for reference.
+per variant: the prefetch depth, and whether the loader runs in its background thread
+(the default on CUDA) or on the training thread ("-fg"). resident and ffcv are measured beside it for reference.
   python benchmarks/dali_profile.py --data DIR [--device cuda] [--compile cudagraphs] [--json F]
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from normfast.loaders import build_loader
 from normfast.manifest import load_manifest
 from normfast.train import AMP_DTYPES, TrainStep, resolve_amp
 
-VARIANTS = {"sync-2": dict(dali_async=False, dali_prefetch=2), "async-2": dict(dali_async=True, dali_prefetch=2),
-            "async-4": dict(dali_async=True, dali_prefetch=4), "sync-4": dict(dali_async=False, dali_prefetch=4)}
+VARIANTS = {"prefetch-2": dict(dali_prefetch=2), "prefetch-4": dict(dali_prefetch=4),
+            "prefetch-2-fg": dict(dali_prefetch=2, background=False)}
 
 
 def loader_alone(ld, device, batches: int) -> dict:

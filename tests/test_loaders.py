@@ -326,3 +326,35 @@ def test_close_returns_gpu_memory(synthetic, backend):
     assert torch.cuda.memory_allocated() <= allocated
     # DALI and FFCV allocate outside torch: what they took must be back, give or take 64 MiB
     assert torch.cuda.mem_get_info()[0] >= free_before - (64 << 20)
+
+
+@pytest.mark.parametrize("backend_", ["dali", "ffcv", "resident"])
+def test_background_thread_yields_the_same_epochs(synthetic, backend_):
+    """The loader thread (default on CUDA) changes nothing but where the work runs: the same
+    batches, epoch after epoch, an epoch broken off and resumed, errors raised in the caller."""
+    kw = dict(augment=True, shuffle=True, seed=4, batch_size=128)
+    with loader(synthetic, backend_, "instance", **kw, background=False) as fg, \
+            loader(synthetic, backend_, "instance", **kw, background=True) as bg:
+        assert bg.background and not fg.background
+        for _ in range(2):
+            xf, yf, _ = epoch(fg)
+            xb, yb, _ = epoch(bg)
+            assert torch.equal(xf, xb) and torch.equal(yf, yb)
+        it = iter(bg)                     # epoch 2 broken off after one batch
+        next(it)
+        it.close()
+        assert not [t for t in __import__("threading").enumerate() if t.name == "normfast-loader"]
+        bg.set_epoch(2)
+        fg.set_epoch(2)
+        assert torch.equal(epoch(bg)[0], epoch(fg)[0])
+
+
+def test_background_thread_raises_in_the_caller(synthetic, monkeypatch):
+    ld = loader(synthetic, "resident", background=True)
+
+    def broken(epoch):
+        yield next(iter(type(ld).iter_epoch(ld, epoch)))
+        raise NormfastError("disk gone")
+    monkeypatch.setattr(ld, "iter_epoch", broken)
+    with pytest.raises(NormfastError, match="disk gone"):
+        epoch(ld)

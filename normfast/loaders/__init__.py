@@ -14,6 +14,8 @@ epoch. No padding, no duplicates; shard sizes differ by at most one sample.
 from __future__ import annotations
 
 import importlib
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +127,67 @@ def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augm
     return importlib.import_module(module).make_loader(cfg)
 
 
+BACKGROUND_DEPTH = 2     # batches a loader's thread prepares ahead of the training loop
+
+
+def in_background(batches, device: torch.device, depth: int = BACKGROUND_DEPTH):
+    """Run an epoch's generator in its own thread, `depth` batches ahead.
+
+    Measured on an H200 (benchmarks/dali_profile.py): with CUDA graphs the training thread
+    is CPU-bound (a ResNet18 step's launches take most of its 3.5 ms), so a loader's own
+    CPU work on that thread (DALI: 1.2 ms a batch for the source, scheduling and hand-over)
+    showed up one for one as data wait. In a thread it overlaps the step's launches; the
+    GIL is released in DALI's, FFCV's and torch's C++ calls. Batches keep CUDA stream order:
+    both threads launch on the device's default stream, the producer before the consumer.
+    An exception in the thread is raised in the consumer; closing the consumer stops the
+    thread and closes the epoch's generator there.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device.index)     # the current device is per thread
+            for batch in batches:
+                if not put(("batch", batch)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", e))
+        finally:
+            batches.close()
+            put(("end", None))
+
+    thread = threading.Thread(target=work, name="normfast-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "batch":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 class EpochLoader:
     """Base for backends: `len()`, epoch counting, `set_epoch`, the epoch's plan, `close()`.
 
@@ -136,6 +199,8 @@ class EpochLoader:
         self.cfg = cfg
         self.epoch = 0
         self.closed = False
+        background = cfg.extra.get("background")
+        self.background = cfg.device.type == "cuda" if background is None else bool(background)
         start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
         self.shard_count = stop - start
 
@@ -167,7 +232,8 @@ class EpochLoader:
             raise NormfastError(f"{self.cfg.data_dir}: this {self.cfg.split} loader was closed")
         epoch = self.epoch
         self.epoch += 1
-        return self.iter_epoch(epoch)
+        batches = self.iter_epoch(epoch)
+        return in_background(batches, self.cfg.device) if self.background else batches
 
     def iter_epoch(self, epoch: int):
         raise NotImplementedError

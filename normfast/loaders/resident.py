@@ -44,7 +44,7 @@ class ResidentLoader(EpochLoader):
                 yield x[b:b + bs], y[b:b + bs]
 
     def release(self) -> None:
-        self.images = self.labels = None
+        self.images = self.labels = self.transform = None
 
 
 def make_loader(cfg: LoaderConfig) -> ResidentLoader:
