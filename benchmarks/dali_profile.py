@@ -98,7 +98,8 @@ def main():
                      compile=compile_mode, lr=1e-3, epochs=1, scheduler="none", seed=223,
                      static_batch_sizes=(a.batch_size,))
     step.train(True)
-    runs = [("dali", v, VARIANTS[v]) for v in variants] + [("resident", "", {}), ("ffcv", "", {})]
+    runs = [("dali", v, VARIANTS[v]) for v in variants] + [("resident", "", {}), ("ffcv", "", {}),
+                                                         ("ffcv", "fg", {"background": False})]
     for backend, name, extra in runs:
         try:
             with build_loader(a.data, "train", backend, a.batch_size, "finetune", **common, **extra) as ld:
