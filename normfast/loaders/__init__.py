@@ -7,9 +7,17 @@ already augmented (train) and normalized; labels int64 on `device`.
 Order: with `shuffle` off, stored order. With it on, epoch e's order is a function of
 (seed, e) only, so a resumed run sees the same batches as an uninterrupted one; call
 `set_epoch(e)` to jump. `rank`/`world_size` split the split into disjoint shards that
-together cover it: rank r owns the contiguous block [n*r//w, n*(r+1)//w) of the stored
-order (DALI's own sharding rule, so every backend agrees) and shuffles within it each
-epoch. No padding, no duplicates; shard sizes differ by at most one sample.
+together cover it exactly once (no padding, no duplicates; shard sizes differ by at most one
+sample; rank r's share has `shard_bounds(n, r, w)`'s size):
+  - shuffled (train): like torch's DistributedSampler, epoch e draws ONE permutation of the
+    whole split from (seed, e) and rank r takes the slice [n*r//w, n*(r+1)//w) of it. Every
+    rank therefore sees a fresh random sample of every class each epoch (never a fixed block
+    of stored order), and the order depends only on (seed, epoch, rank, world_size), so a
+    resumed run sees the same batches.
+  - unshuffled (test, val): rank r takes the contiguous block [n*r//w, n*(r+1)//w) of the
+    stored order. Conversion stores every split in a seeded shuffled order, so such a block
+    is itself class-mixed.
+Every backend takes its order from `epoch_order` (through `EpochLoader.plan` or directly).
 """
 from __future__ import annotations
 
@@ -68,15 +76,19 @@ class LoaderConfig:
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous block of the stored order (DALI's rule)."""
+    """[start, stop) of rank's share: a block of the stored order (unshuffled) or of the
+    epoch's permutation of the whole split (shuffled). Sizes differ by at most one."""
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """The sample indices this rank visits in `epoch`, in order."""
+    """The sample indices this rank visits in `epoch`, in order (see the module docstring):
+    shuffled, rank's slice of one permutation of all n drawn from (seed, epoch), the same on
+    every rank; unshuffled, rank's block of the stored order."""
     start, stop = shard_bounds(n, rank, world_size)
-    block = np.arange(start, stop)
-    return np.random.default_rng([seed, epoch, rank]).permutation(block) if shuffle else block
+    if not shuffle:
+        return np.arange(start, stop)
+    return np.random.default_rng([seed, epoch]).permutation(n)[start:stop]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
