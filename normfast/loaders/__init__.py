@@ -17,7 +17,11 @@ sample; rank r's share has `shard_bounds(n, r, w)`'s size):
   - unshuffled (test, val): rank r takes the contiguous block [n*r//w, n*(r+1)//w) of the
     stored order. Conversion stores every split in a seeded shuffled order, so such a block
     is itself class-mixed.
-Every backend takes its order from `epoch_order` (through `EpochLoader.plan` or directly).
+Every backend takes its order from `EpochLoader.order` / `plan`.
+
+`subset` (sorted stored indices, e.g. `--val-fraction`'s held-out part of train): the
+loader sees only those samples, as if the split held just them; `epoch_order` runs over
+positions in `subset`, which `EpochLoader.order` maps back to stored indices.
 """
 from __future__ import annotations
 
@@ -65,10 +69,16 @@ class LoaderConfig:
     world_size: int = 1
     num_workers: int = 2
     extra: dict = field(default_factory=dict)
+    subset: np.ndarray | None = None      # stored indices this loader reads (None: all)
 
     @property
     def count(self) -> int:
         return self.manifest["splits"][self.split]["count"]
+
+    @property
+    def n(self) -> int:
+        """Samples this loader covers per epoch over all ranks (the subset's, else the split's)."""
+        return self.count if self.subset is None else len(self.subset)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -103,7 +113,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augment: bool,
                  device=None, dtype="float32", seed: int = 0, shuffle: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 stats: str = "manifest", num_workers: int = 2, **extra):
+                 stats: str = "manifest", num_workers: int = 2, subset=None, **extra):
     """Build a backend's loader for one split. See the module docstring for the contract."""
     backends.get(backend)
     manifest = load_manifest(data_dir)
@@ -113,10 +123,15 @@ def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augm
         raise NormfastError(f"batch size {batch_size}: must be at least 1")
     if not 0 <= rank < world_size:
         raise NormfastError(f"rank {rank} is not in 0..{world_size - 1}")
+    if subset is not None:
+        subset = np.asarray(subset, dtype=np.int64)
+        count = manifest["splits"][split]["count"]
+        if len(subset) and (subset.min() < 0 or subset.max() >= count or (np.diff(subset) <= 0).any()):
+            raise NormfastError(f"{data_dir}: subset of {split} must be sorted distinct indices in 0..{count - 1}")
     spec = norm if isinstance(norm, NormSpec) else resolve_norm(norm, manifest, stats)
     cfg = LoaderConfig(Path(data_dir), manifest, split, batch_size, spec, augment,
                        resolve_device(device), resolve_dtype(dtype), seed, shuffle, drop_last,
-                       rank, world_size, num_workers, extra)
+                       rank, world_size, num_workers, extra, subset)
     module, package, install = BACKENDS[backend]
     if package is not None:
         try:
@@ -139,7 +154,7 @@ class EpochLoader:
         self.cfg = cfg
         self.epoch = 0
         self.closed = False
-        start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
+        start, stop = shard_bounds(cfg.n, cfg.rank, cfg.world_size)
         self.shard_count = stop - start
 
     def __len__(self) -> int:
@@ -158,12 +173,17 @@ class EpochLoader:
         are yielded; offsets/flips are None without augmentation. Every backend but the
         `torch` baseline takes its order and augmentation from here."""
         cfg = self.cfg
-        order = epoch_order(cfg.count, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)
-        order = order[:self.num_samples]
+        order = self.order(epoch)
         if not cfg.augment:
             return order, None, None
         offsets, flips = draw_augmentation(len(order), epoch_seed(cfg.seed, epoch, cfg.rank))
         return order, offsets, flips
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Stored indices this rank yields in `epoch`, in order (drop_last applied)."""
+        cfg = self.cfg
+        order = epoch_order(cfg.n, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)[:self.num_samples]
+        return order if cfg.subset is None else cfg.subset[order]
 
     def __iter__(self):
         if self.closed:

@@ -75,16 +75,20 @@ def max_workers() -> int:
 
 class ContractOrder:
     """Stands in for FFCV's TraversalOrder: epoch e visits `epoch_order(n, seed, e, ...)`,
-    cut to its first `limit` samples (drop_last) when given."""
+    cut to its first `limit` samples (drop_last) when given, or, for a loader, exactly
+    `EpochLoader.order(e)` (`loader`: its subset and drop_last included)."""
 
     def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
-                 limit: int | None = None):
+                 loader: EpochLoader | None = None):
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
-        self.limit = limit
+        self.loader = loader
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
-        return order[:self.limit].astype(np.uint64)   # FFCV's own index dtype
+        if self.loader is not None:
+            order = self.loader.order(epoch)
+        else:
+            order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
+        return order.astype(np.uint64)   # FFCV's own index dtype
 
 
 def beton_path(data_dir, manifest: dict, split: str) -> Path:
@@ -233,8 +237,7 @@ class FfcvLoader(EpochLoader):
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.augment_mode = augment_mode(cfg)
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
-        self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size,
-                                   limit=self.num_samples)
+        self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
         self._epoch = None
         if self.shard_count > 0:
