@@ -102,7 +102,7 @@ def test_val_fraction_holds_out_a_seeded_subset(tiny, tmp_path):
         labels = stored_labels(tiny)
         _, y = zip(*trainer.val_loader)
         assert np.concatenate(y).tolist() == labels[va].tolist()        # val: held-out samples, stored order
-        seen = sorted(trainer.train_loader.order(0).tolist())
+        seen = sorted(trainer.train_loader.epoch_indices(0).tolist())
         assert seen == tr.tolist()                                       # train never sees them
     finally:
         trainer.close()

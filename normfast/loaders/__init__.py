@@ -17,11 +17,11 @@ sample; rank r's share has `shard_bounds(n, r, w)`'s size):
   - unshuffled (test, val): rank r takes the contiguous block [n*r//w, n*(r+1)//w) of the
     stored order. Conversion stores every split in a seeded shuffled order, so such a block
     is itself class-mixed.
-Every backend takes its order from `EpochLoader.order` / `plan`.
+Every backend takes its order from `EpochLoader.epoch_indices` / `plan`.
 
 `subset` (sorted stored indices, e.g. `--val-fraction`'s held-out part of train): the
 loader sees only those samples, as if the split held just them; `epoch_order` runs over
-positions in `subset`, which `EpochLoader.order` maps back to stored indices.
+positions in `subset`, which `EpochLoader.epoch_indices` maps back to stored indices.
 """
 from __future__ import annotations
 
@@ -173,13 +173,13 @@ class EpochLoader:
         are yielded; offsets/flips are None without augmentation. Every backend but the
         `torch` baseline takes its order and augmentation from here."""
         cfg = self.cfg
-        order = self.order(epoch)
+        order = self.epoch_indices(epoch)
         if not cfg.augment:
             return order, None, None
         offsets, flips = draw_augmentation(len(order), epoch_seed(cfg.seed, epoch, cfg.rank))
         return order, offsets, flips
 
-    def order(self, epoch: int) -> np.ndarray:
+    def epoch_indices(self, epoch: int) -> np.ndarray:
         """Stored indices this rank yields in `epoch`, in order (drop_last applied)."""
         cfg = self.cfg
         order = epoch_order(cfg.n, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)[:self.num_samples]

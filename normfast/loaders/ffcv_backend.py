@@ -76,7 +76,7 @@ def max_workers() -> int:
 class ContractOrder:
     """Stands in for FFCV's TraversalOrder: epoch e visits `epoch_order(n, seed, e, ...)`,
     cut to its first `limit` samples (drop_last) when given, or, for a loader, exactly
-    `EpochLoader.order(e)` (`loader`: its subset and drop_last included)."""
+    `EpochLoader.epoch_indices(e)` (`loader`: its subset and drop_last included)."""
 
     def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
                  loader: EpochLoader | None = None):
@@ -85,7 +85,7 @@ class ContractOrder:
 
     def sample_order(self, epoch: int) -> np.ndarray:
         if self.loader is not None:
-            order = self.loader.order(epoch)
+            order = self.loader.epoch_indices(epoch)
         else:
             order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
         return order.astype(np.uint64)   # FFCV's own index dtype

@@ -68,7 +68,7 @@ class TorchLoader(EpochLoader):
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
-        order = self.order(epoch)
+        order = self.epoch_indices(epoch)
         gen = torch.Generator()
         gen.manual_seed(epoch_seed(cfg.seed, epoch, cfg.rank))
         loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=FixedOrder(order),
