@@ -5,6 +5,15 @@ uint8 staging file and accumulates exact integer statistics; the format writers 
 the staging file. Everything goes to a temporary sibling directory that is renamed into
 place at the end, so a failure or an interrupt leaves no partial output (converters/output.py
 holds what --force may replace, the swap, and the recovery after a kill).
+
+Stored order: folder layouts (ImageFolder, Tiny ImageNet) list their samples class by class,
+so every split of theirs is stored in a seeded random permutation (`stored_order`, seed
+ORDER_SEED, recorded in manifest.json as `order`); otherwise `--limit N` would keep only the
+first classes and a rank's block of stored order would hold only a few classes. CIFAR, SVHN
+and the synthetic set keep the order they are distributed in: it is already class-mixed
+(CIFAR's pickles are shuffled, SVHN's house-number crops are not grouped by digit), and
+keeping it keeps their stored files identical to the published arrays. `--limit N` applies
+AFTER the permutation: a random subset holding every class in proportion.
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ import numpy as np
 import normfast
 from converters.formats import StagingDataset, formats
 from converters.output import check_apart, check_replaceable, is_ours, make_temporary, recover, swap_into_place
-from converters.sources import Source, limit, sources
+from converters.sources import Source, limit, sources, subset
 from normfast.errors import NormfastError
 from normfast.manifest import MANIFEST, file_entry, write_json_atomic
 from normfast.progress import progress_bar
@@ -26,6 +35,14 @@ from normfast.registry import parse_list
 from normfast.stats import ChannelStats
 from normfast.shards import ENCODINGS
 
+ORDER_SEED = 20240229       # fixed: the same source always converts to the same stored order
+SPLIT_STREAMS = {"train": 1, "test": 2}
+
+
+def stored_order(n: int, split: str, seed: int = ORDER_SEED) -> np.ndarray:
+    """The seeded permutation in which a grouped source's split is stored: a function of
+    (seed, split, n) only."""
+    return np.random.default_rng([seed, SPLIT_STREAMS[split], n]).permutation(n)
 
 
 @dataclass
@@ -73,11 +90,11 @@ def stage_split(ds, path: Path, size: int | None, num_classes: int, stats: Chann
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise NormfastError(f"{describe(ds, i)}: image has shape {img.shape} {img.dtype}, expected HxWx3 uint8")
             if shape is None:
-                shape = img.shape
-            elif img.shape != shape:
+                shape, first = img.shape, i
+            elif img.shape != shape:   # name both: in shuffled stored order "first" means nothing
                 raise NormfastError(
-                    f"{describe(ds, i)}: image is {img.shape[1]}x{img.shape[0]}, expected "
-                    f"{shape[1]}x{shape[0]} like the first image; pass --size N to resize")
+                    f"{describe(ds, i)}: image is {img.shape[1]}x{img.shape[0]}, but "
+                    f"{describe(ds, first)} is {shape[1]}x{shape[0]}; pass --size N to resize")
             if not 0 <= label < num_classes:
                 raise NormfastError(f"{describe(ds, i)}: label {label} out of range 0..{num_classes - 1}")
             labels[i] = label
@@ -156,7 +173,10 @@ def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path
     num_classes = len(source.classes)
     splits, stats, shape = {}, ChannelStats(), None
     for split in ("train", "test"):
-        ds = limit(source.splits[split], cfg.limit)
+        ds = source.splits[split]
+        if source.grouped:
+            ds = subset(ds, stored_order(len(ds), split))
+        ds = limit(ds, cfg.limit)      # after the shuffle: a random, class-proportional subset
         with progress_bar(len(ds), f"{split}: decode", cfg.quiet) as bar:
             staging = stage_split(ds, tmp / f".staging-{split}.u8", cfg.size, num_classes,
                                   stats if split == "train" else None, bar)
@@ -190,5 +210,8 @@ def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path
         "files": [file_entry(tmp, p) for p in files],
         "version": normfast.__version__,
         "limit": cfg.limit,
+        "order": {"shuffled": source.grouped, "seed": ORDER_SEED if source.grouped else None,
+                  "rule": "numpy default_rng([seed, 1 (train) | 2 (test), source count]).permutation, "
+                          "then --limit" if source.grouped else "as distributed (already class-mixed)"},
         "size": cfg.size,
     }

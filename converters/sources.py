@@ -1,7 +1,9 @@
 """Readers of source datasets, in their on-disk formats as distributed.
 
 Every reader returns a `Source`: class names and, per split, an indexed dataset whose
-`[i]` is `(uint8 HxWx3 array, int label)`. Readers check layout and labels up front and
+`[i]` is `(uint8 HxWx3 array, int label)`, in the order the files list the samples.
+`Source.grouped` says that this order runs class by class (folder layouts): conversion then
+stores a seeded permutation instead (see `converters.convert.stored_order`). Readers check layout and labels up front and
 raise NormfastError naming the file and what is wrong; images are decoded lazily.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Source:
     name: str
     classes: list[str]
     splits: dict = field(default_factory=dict)   # split name -> indexed dataset
+    grouped: bool = False     # samples listed class by class: conversion stores a seeded shuffle
 
 
 class ArrayDataset:
@@ -104,9 +107,15 @@ def limit(ds, n: int | None):
     """The first n samples of an indexed dataset (all when n is None)."""
     if n is None or n >= len(ds):
         return ds
+    return subset(ds, np.arange(n))
+
+
+def subset(ds, indices: np.ndarray):
+    """The samples `indices` of an indexed dataset, in that order (each image keeps its label)."""
+    indices = np.asarray(indices, dtype=np.int64)
     if isinstance(ds, ArrayDataset):
-        return ArrayDataset(ds.images[:n], ds.labels[:n])
-    return FileDataset(ds.paths[:n], ds.labels[:n])
+        return ArrayDataset(ds.images[indices], ds.labels[indices])
+    return FileDataset([ds.paths[i] for i in indices], [ds.labels[i] for i in indices])
 
 
 def require(path: Path, what: str) -> Path:
@@ -262,7 +271,8 @@ def read_tiny_imagenet(src: Path) -> Source:
         raise NormfastError(f"{present[unlisted[0]]}: image has no label in val_annotations.txt")
     names = sorted(listed)
     test = FileDataset([present[n] for n in names], [listed[n][0] for n in names])
-    return Source("tiny-imagenet-200", wnids, {"train": train, "test": test})
+    # train is listed class by class; val is in file-name order (already mixed), shuffled too
+    return Source("tiny-imagenet-200", wnids, {"train": train, "test": test}, grouped=True)
 
 
 # ---------------------------------------------------------------- ImageFolder
@@ -294,7 +304,7 @@ def read_imagefolder(src: Path) -> Source:
             paths += files
             labels += [index[entry.name]] * len(files)
         splits[split] = FileDataset(paths, labels)
-    return Source(src.name or "imagefolder", classes, splits)
+    return Source(src.name or "imagefolder", classes, splits, grouped=True)
 
 
 # ---------------------------------------------------------------- synthetic demo

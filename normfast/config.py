@@ -20,8 +20,9 @@ class TrainConfig:
     stats: str = "manifest"          # finetune statistics: manifest | reference
     pretrained: str = "none"         # imagenet | none | PATH
     epochs: int = 100
-    batch_size: int = 256
-    test_batch_size: int = 256
+    batch_size: int = 256            # GLOBAL: under DDP each of W ranks trains batch_size / W per step
+    test_batch_size: int = 256       # global too, split over ranks (rounded up: it changes no result)
+    val_fraction: float = 0.0        # held out of train at load time (seeded), evaluated each epoch
     lr: float = 0.001
     optimizer: str = "adam"
     scheduler: str = "cosine"
@@ -102,6 +103,8 @@ def validate(cfg: TrainConfig) -> None:
     for k in ("batch_size", "test_batch_size"):
         if getattr(cfg, k) < 1:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least 1")
+    if not (math.isfinite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1):
+        raise NormfastError(f"--val-fraction {cfg.val_fraction}: must be in [0, 1) (0 = no validation split)")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise NormfastError(f"--lr {cfg.lr}: must be a positive finite number")
     for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0)):

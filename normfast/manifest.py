@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from normfast.errors import NormfastError
 
 MANIFEST = "manifest.json"
@@ -34,6 +36,21 @@ def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def val_split(manifest: dict, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train indices, val indices) of the stored train split, both sorted: a seeded subset of
+    round(fraction * n) samples (at least one) held out for validation; None when fraction is 0.
+    A function of (n, fraction, seed) only, so every rank and a resumed run agree."""
+    if not fraction:
+        return None
+    n = manifest["splits"]["train"]["count"]
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise NormfastError(f"--val-fraction {fraction}: holds out {k} of the {n} train samples, "
+                            "leaving none to train on")
+    val = np.sort(np.random.default_rng([seed, 4243]).choice(n, k, replace=False))
+    return np.setdiff1d(np.arange(n), val), val
 
 
 def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> dict:

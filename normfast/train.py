@@ -20,7 +20,7 @@ from normfast.config import TrainConfig
 from normfast.device import Dist, sync, use_device
 from normfast.errors import NormfastError
 from normfast.loaders import build_loader
-from normfast.manifest import load_manifest
+from normfast.manifest import load_manifest, val_split
 from normfast.models import build_model
 from normfast.progress import progress_bar
 from normfast.provenance import provenance
@@ -117,6 +117,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.dist = Dist()
+        self.batch_size, self.test_batch_size = per_rank_batch_sizes(cfg, self.dist.world_size)
         self.device = self.dist.device(cfg.device)     # a CUDA device always has its index here
         use_device(self.device)
         self.dist.init(self.device)
@@ -134,20 +135,27 @@ class Trainer:
         self.step = TrainStep(cfg.model, len(self.manifest["classes"]), pretrained=cfg.pretrained,
                               device=self.device, amp=self.amp, compile=cfg.compile, lr=cfg.lr,
                               epochs=cfg.epochs, scheduler=cfg.scheduler, seed=cfg.seed, dist=self.dist,
-                              static_batch_sizes=(cfg.batch_size, cfg.test_batch_size))
+                              static_batch_sizes=(self.batch_size, self.test_batch_size))
         self.model, self.opt, self.sched, self.weights = (self.step.model, self.step.opt, self.step.sched,
                                                           self.step.weights)
         common = dict(backend=cfg.backend, norm=cfg.norm, device=self.device, dtype=self.in_dtype,
                       seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size,
                       stats=cfg.stats, num_workers=cfg.num_workers)
-        self.train_loader = build_loader(cfg.data, "train", batch_size=cfg.batch_size, augment=True,
-                                         shuffle=True, drop_last=False, **common)
-        self.test_loader = build_loader(cfg.data, "test", batch_size=cfg.test_batch_size, augment=False,
+        held_out = val_split(self.manifest, cfg.val_fraction, cfg.seed)
+        self.train_loader = build_loader(cfg.data, "train", batch_size=self.batch_size, augment=True,
+                                         shuffle=True, drop_last=False,
+                                         subset=held_out[0] if held_out else None, **common)
+        self.test_loader = build_loader(cfg.data, "test", batch_size=self.test_batch_size, augment=False,
                                         shuffle=False, drop_last=False, **common)
+        self.val_loader = None
+        if held_out:     # evaluated like test: no augmentation, stored order
+            self.val_loader = build_loader(cfg.data, "train", batch_size=self.test_batch_size, augment=False,
+                                           shuffle=False, drop_last=False, subset=held_out[1], **common)
 
     def close(self) -> None:
         """Release both loaders (pipelines, threads, device memory)."""
-        for loader in (getattr(self, "train_loader", None), getattr(self, "test_loader", None)):
+        for loader in (getattr(self, "train_loader", None), getattr(self, "test_loader", None),
+                       getattr(self, "val_loader", None)):
             if loader is not None:
                 loader.close()
 
@@ -156,8 +164,8 @@ class Trainer:
                                          "config": asdict(self.cfg), "weights": self.weights}
 
     # ------------------------------------------------------------------ epochs
-    def run_epoch(self, epoch: int, train: bool) -> dict:
-        loader = self.train_loader if train else self.test_loader
+    def run_epoch(self, epoch: int, train: bool, loader=None) -> dict:
+        loader = loader or (self.train_loader if train else self.test_loader)
         loader.set_epoch(epoch)
         self.step.train(train)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -246,6 +254,9 @@ class Trainer:
             if self.dist.main:
                 resolved = asdict(cfg) | {"dataset": self.dataset, "weights": self.weights, "amp": self.amp,
                                           "device": str(self.device), "world_size": self.dist.world_size,
+                                          "global_batch_size": cfg.batch_size,
+                                          "per_rank_batch_size": self.batch_size,
+                                          "val_count": len(self.val_loader.cfg.subset) if self.val_loader else 0,
                                           "versions": provenance(), "data_identity": identity}
                 run.write_config(resolved)
                 run.truncate_metrics(start)      # rows beyond the checkpoint are trained again
@@ -253,6 +264,7 @@ class Trainer:
                 lr = self.opt.param_groups[0]["lr"]
                 tr = self.run_epoch(epoch, train=True)
                 te = self.run_epoch(epoch, train=False)
+                va = self.run_epoch(epoch, train=False, loader=self.val_loader) if self.val_loader else None
                 if self.sched:
                     self.sched.step()
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
@@ -261,9 +273,9 @@ class Trainer:
                        "train_seconds": tr["seconds"], "train_images_per_second": tr["images_per_second"],
                        "data_wait_fraction": tr["data_wait_fraction"],
                        "test_images_per_second": te["images_per_second"]}
-                improved = te["acc"] > best["best_acc"] or best["best_epoch"] < 0
-                if improved:
-                    best = {"best_epoch": epoch, "best_acc": te["acc"]}
+                if va is not None:
+                    row |= {"val_loss": va["loss"], "val_acc": va["acc"]}
+                best, improved = select_best(best, epoch, te["acc"], va and va["acc"])
                 if self.dist.main:
                     # order matters for a kill at any moment: a metrics row beyond last.pt is dropped
                     # on resume; best_results.json (what "finished" is read from) comes last
@@ -302,12 +314,37 @@ class Trainer:
 
     def _write_best(self, best: dict, epochs_done: int) -> None:
         RunDir(self.run_dir).write_best(
-            best | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
+            {"selected_by": "val" if self.cfg.val_fraction else "test"} | best
+            | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
                     "finished": epochs_done >= self.cfg.epochs, "weights": self.weights})
 
 
+def per_rank_batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """--batch-size is the GLOBAL batch (the recipe): each of `world_size` ranks trains
+    batch_size / world_size per step, so DDP keeps the seed's batch and learning rate. The
+    test batch is split rounding up (it changes no result)."""
+    if cfg.batch_size % world_size:
+        raise NormfastError(f"--batch-size {cfg.batch_size}: the global batch must divide by the world size "
+                            f"{world_size} (each rank trains batch-size / {world_size} per step)")
+    return cfg.batch_size // world_size, -(-cfg.test_batch_size // world_size)
+
+
+def select_best(best: dict, epoch: int, test_acc: float, val_acc: float | None) -> tuple[dict, bool]:
+    """The best epoch so far: by validation accuracy when there is a val split (its test
+    accuracy is then reported, not the best test accuracy), else by test accuracy."""
+    by = "val" if val_acc is not None else "test"
+    score = val_acc if by == "val" else test_acc
+    improved = best["best_epoch"] < 0 or score > best.get("best_val_acc" if by == "val" else "best_acc", 0.0)
+    if not improved:
+        return best, False
+    new = {"best_epoch": epoch, "best_acc": test_acc, "selected_by": by}
+    if by == "val":
+        new["best_val_acc"] = val_acc
+    return new, True
+
+
 RESUME_KEYS = ("model", "norm", "backend", "stats", "pretrained", "batch_size", "lr", "optimizer",
-               "scheduler", "seed")
+               "scheduler", "seed", "val_fraction")
 
 
 def check_resumable(ckpt: dict, cfg: TrainConfig, amp: str, path: Path, identity: str | None = None) -> None:

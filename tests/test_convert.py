@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from converters.convert import ConvertConfig, convert
+from converters.convert import ORDER_SEED, ConvertConfig, convert, stored_order
 from fixtures import (rand_images, write_cifar10, write_cifar100, write_imagefolder, write_svhn,
                       write_tiny_imagenet)
 from normfast.cli import main
@@ -79,10 +79,14 @@ def test_tiny_imagenet_and_grayscale(tmp_path):
     assert m["image_shape"] == [64, 64, 3]
     x, y = read_all(tmp_path / "o", "train")
     assert x.shape == (9, 64, 64, 3)
-    assert (x[0, ..., 0] == x[0, ..., 1]).all()   # the grayscale JPEG became RGB
-    assert list(y) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # stored in the seeded shuffled order (class-by-class folders must not stay grouped)
+    order = stored_order(9, "train")
+    assert list(y) == [[0, 0, 0, 1, 1, 1, 2, 2, 2][i] for i in order] and list(y) != sorted(y)
+    first = int(np.flatnonzero(order == 0)[0])          # where the grayscale JPEG went
+    assert (x[first, ..., 0] == x[first, ..., 1]).all()   # the grayscale JPEG became RGB
     _, vy = read_all(tmp_path / "o", "test")
-    assert list(vy) == [0, 1, 2, 0]
+    assert list(vy) == [[0, 1, 2, 0][i] for i in stored_order(4, "test")]
+    assert m["order"]["shuffled"] and m["order"]["seed"] == ORDER_SEED
 
 
 def test_imagefolder_png_and_size(tmp_path):
@@ -190,8 +194,10 @@ def test_corrupt_image(tmp_path):
 def test_mixed_sizes_need_size(tmp_path):
     write_imagefolder(tmp_path / "if")
     Image.fromarray(rand_images(1, 20, 30)[0]).save(tmp_path / "if" / "train" / "dog" / "odd.png")
-    expect_error(tmp_path, r"odd.png: image is 30x20, expected 32x32 .*--size", source="imagefolder",
-                 src=tmp_path / "if")
+    # both images are named (which one comes first depends on the seeded stored order)
+    expect_error(tmp_path, r"(odd.png: image is 30x20, but .*\.png is 32x32|"
+                           r"\.png: image is 32x32, but .*odd.png is 30x20); pass --size N",
+                 source="imagefolder", src=tmp_path / "if")
 
 
 def test_existing_output_needs_force(tmp_path):

@@ -170,7 +170,8 @@ def test_config_file_and_unknown_key(tiny, tmp_path):
 
 @pytest.mark.parametrize("n", [12, 9])
 def test_ddp_two_processes_gloo(tmp_path, n):
-    """12 images: shards of 6 + 6. 9 images: shards of 4 + 5, i.e. 1 vs 2 batches of 4, where
+    """12 images: shards of 6 + 6. 9 images: shards of 4 + 5, i.e. 1 vs 2 batches of 4 (global
+    batch 8 over 2 ranks), where
     both ranks must still take the same number of steps (one sample per epoch skipped)."""
     # one class per training image, so labels identify samples across ranks
     write_imagefolder(tmp_path / "src", classes=[f"k{i:02d}" for i in range(n)], per_class=1)
@@ -181,7 +182,7 @@ def test_ddp_two_processes_gloo(tmp_path, n):
     env = os.environ | {"NORMFAST_DEBUG_DDP": str(debug), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={29500 + n}",
            "-m", "normfast", "train", "--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "2",
-           "--batch-size", "4", "--device", "cpu", "--num-workers", "1", "-q"]
+           "--batch-size", "8", "--device", "cpu", "--num-workers", "1", "-q"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     logs = {k: [json.loads(x) for x in (debug / f"rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)}

@@ -7,9 +7,21 @@ already augmented (train) and normalized; labels int64 on `device`.
 Order: with `shuffle` off, stored order. With it on, epoch e's order is a function of
 (seed, e) only, so a resumed run sees the same batches as an uninterrupted one; call
 `set_epoch(e)` to jump. `rank`/`world_size` split the split into disjoint shards that
-together cover it: rank r owns the contiguous block [n*r//w, n*(r+1)//w) of the stored
-order (DALI's own sharding rule, so every backend agrees) and shuffles within it each
-epoch. No padding, no duplicates; shard sizes differ by at most one sample.
+together cover it exactly once (no padding, no duplicates; shard sizes differ by at most one
+sample; rank r's share has `shard_bounds(n, r, w)`'s size):
+  - shuffled (train): like torch's DistributedSampler, epoch e draws ONE permutation of the
+    whole split from (seed, e) and rank r takes the slice [n*r//w, n*(r+1)//w) of it. Every
+    rank therefore sees a fresh random sample of every class each epoch (never a fixed block
+    of stored order), and the order depends only on (seed, epoch, rank, world_size), so a
+    resumed run sees the same batches.
+  - unshuffled (test, val): rank r takes the contiguous block [n*r//w, n*(r+1)//w) of the
+    stored order. Conversion stores every split in a seeded shuffled order, so such a block
+    is itself class-mixed.
+Every backend takes its order from `EpochLoader.epoch_indices` / `plan`.
+
+`subset` (sorted stored indices, e.g. `--val-fraction`'s held-out part of train): the
+loader sees only those samples, as if the split held just them; `epoch_order` runs over
+positions in `subset`, which `EpochLoader.epoch_indices` maps back to stored indices.
 """
 from __future__ import annotations
 
@@ -59,10 +71,16 @@ class LoaderConfig:
     world_size: int = 1
     num_workers: int = 2
     extra: dict = field(default_factory=dict)
+    subset: np.ndarray | None = None      # stored indices this loader reads (None: all)
 
     @property
     def count(self) -> int:
         return self.manifest["splits"][self.split]["count"]
+
+    @property
+    def n(self) -> int:
+        """Samples this loader covers per epoch over all ranks (the subset's, else the split's)."""
+        return self.count if self.subset is None else len(self.subset)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,15 +97,19 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous block of the stored order (DALI's rule)."""
+    """[start, stop) of rank's share: a block of the stored order (unshuffled) or of the
+    epoch's permutation of the whole split (shuffled). Sizes differ by at most one."""
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """The sample indices this rank visits in `epoch`, in order."""
+    """The sample indices this rank visits in `epoch`, in order (see the module docstring):
+    shuffled, rank's slice of one permutation of all n drawn from (seed, epoch), the same on
+    every rank; unshuffled, rank's block of the stored order."""
     start, stop = shard_bounds(n, rank, world_size)
-    block = np.arange(start, stop)
-    return np.random.default_rng([seed, epoch, rank]).permutation(block) if shuffle else block
+    if not shuffle:
+        return np.arange(start, stop)
+    return np.random.default_rng([seed, epoch]).permutation(n)[start:stop]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -102,7 +124,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augment: bool,
                  device=None, dtype="float32", seed: int = 0, shuffle: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 stats: str = "manifest", num_workers: int = 2, **extra):
+                 stats: str = "manifest", num_workers: int = 2, subset=None, **extra):
     """Build a backend's loader for one split. See the module docstring for the contract."""
     backends.get(backend)
     manifest = load_manifest(data_dir)
@@ -112,10 +134,15 @@ def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augm
         raise NormfastError(f"batch size {batch_size}: must be at least 1")
     if not 0 <= rank < world_size:
         raise NormfastError(f"rank {rank} is not in 0..{world_size - 1}")
+    if subset is not None:
+        subset = np.asarray(subset, dtype=np.int64)
+        count = manifest["splits"][split]["count"]
+        if len(subset) and (subset.min() < 0 or subset.max() >= count or (np.diff(subset) <= 0).any()):
+            raise NormfastError(f"{data_dir}: subset of {split} must be sorted distinct indices in 0..{count - 1}")
     spec = norm if isinstance(norm, NormSpec) else resolve_norm(norm, manifest, stats)
     cfg = LoaderConfig(Path(data_dir), manifest, split, batch_size, spec, augment,
                        resolve_device(device), resolve_dtype(dtype), seed, shuffle, drop_last,
-                       rank, world_size, num_workers, extra)
+                       rank, world_size, num_workers, extra, subset)
     module, package, install = BACKENDS[backend]
     if package is not None:
         try:
@@ -201,7 +228,7 @@ class EpochLoader:
         self.closed = False
         background = cfg.extra.get("background")
         self.background = cfg.device.type == "cuda" if background is None else bool(background)
-        start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
+        start, stop = shard_bounds(cfg.n, cfg.rank, cfg.world_size)
         self.shard_count = stop - start
 
     def __len__(self) -> int:
@@ -220,12 +247,17 @@ class EpochLoader:
         are yielded; offsets/flips are None without augmentation. Every backend but the
         `torch` baseline takes its order and augmentation from here."""
         cfg = self.cfg
-        order = epoch_order(cfg.count, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)
-        order = order[:self.num_samples]
+        order = self.epoch_indices(epoch)
         if not cfg.augment:
             return order, None, None
         offsets, flips = draw_augmentation(len(order), epoch_seed(cfg.seed, epoch, cfg.rank))
         return order, offsets, flips
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """Stored indices this rank yields in `epoch`, in order (drop_last applied)."""
+        cfg = self.cfg
+        order = epoch_order(cfg.n, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)[:self.num_samples]
+        return order if cfg.subset is None else cfg.subset[order]
 
     def __iter__(self):
         if self.closed:

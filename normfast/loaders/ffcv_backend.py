@@ -13,8 +13,9 @@ PAD, crop at offsets 0..2*PAD, flip with p=0.5, normalize -> NCHW channels-last 
 
 Order: FFCV's traversal order is replaced by the contract's `epoch_order` (the same
 permutation the `resident` backend uses), so with the same seed this backend yields the
-same batches as `resident`, epoch e depends only on (seed, e), and rank r reads only its
-block `shard_bounds(n, r, w)` (passed to FFCV as `indices`; no torch.distributed needed).
+same batches as `resident`, epoch e depends only on (seed, e, rank, world_size), and rank r
+reads only its share of the epoch (a slice of a permutation of the WHOLE split when
+shuffled, so the FFCV Loader spans the whole .beton; no torch.distributed needed).
 
 `extra["ffcv_augment"] == "ffcv"`: FFCV's own RandomHorizontalFlip + RandomTranslate (CPU,
 JIT, before ToTensor) do the augmentation and the torch op only normalizes. Faster on a CPU
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, shard_bounds, to_device
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, to_device
 from normfast.manifest import split_format
 from normfast.augment import PAD
 from normfast.ops import BatchTransform, keep_torch_threads
@@ -73,13 +74,20 @@ def max_workers() -> int:
 
 
 class ContractOrder:
-    """Stands in for FFCV's TraversalOrder: epoch e visits `epoch_order(n, seed, e, ...)`."""
+    """Stands in for FFCV's TraversalOrder: epoch e visits `epoch_order(n, seed, e, ...)`,
+    cut to its first `limit` samples (drop_last) when given, or, for a loader, exactly
+    `EpochLoader.epoch_indices(e)` (`loader`: its subset and drop_last included)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1,
+                 loader: EpochLoader | None = None):
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
+        self.loader = loader
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
+        if self.loader is not None:
+            order = self.loader.epoch_indices(epoch)
+        else:
+            order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
         return order.astype(np.uint64)   # FFCV's own index dtype
 
 
@@ -93,7 +101,7 @@ def beton_path(data_dir, manifest: dict, split: str) -> Path:
 
 
 class FfcvStream:
-    """One FFCV Loader over the block [start, stop) of a .beton. `epoch(e, order)` yields
+    """One FFCV Loader over a whole .beton. `epoch(e, order)` yields
     (uint8 NHWC images, int64 (B,) labels) on `device` in `order.sample_order(e)`; the images
     are views into FFCV's round-robin buffers, valid until the next batch or two.
 
@@ -103,7 +111,7 @@ class FfcvStream:
     dtype, seed or shuffle reuse one. Each epoch gets its own FFCV iterator and buffers.
     """
 
-    def __init__(self, path, batch_size: int, start: int, stop: int, *, drop_last: bool,
+    def __init__(self, path, batch_size: int, *, drop_last: bool,
                  ffcv_augment: bool = False, device=torch.device("cpu"), num_workers: int = 2,
                  expected_count: int | None = None):
         Loader, OrderOption, SimpleRGBImageDecoder, IntDecoder, T = _ffcv()
@@ -122,7 +130,7 @@ class FfcvStream:
                 self.loader = Loader(str(path), batch_size=batch_size,
                                      num_workers=max(1, min(num_workers, max_workers())),
                                      os_cache=True, order=OrderOption.SEQUENTIAL, seed=0,
-                                     indices=np.arange(start, stop, dtype=np.uint64),
+                                     indices=None,     # the whole split: ranks take their share by order
                                      pipelines={"image": image, "label": label},
                                      drop_last=drop_last, batches_ahead=BATCHES_AHEAD)
             except (OSError, ValueError, AssertionError) as e:
@@ -133,16 +141,16 @@ class FfcvStream:
         self.count = self.loader.reader.num_samples
         if expected_count is not None and self.count != expected_count:
             raise NormfastError(f"{path}: holds {self.count} samples, manifest.json says {expected_count}")
-        self.block = (start, stop)
         self.lock = threading.Lock()
         self.users = 0      # loaders holding this stream (see get_stream / release_stream)
 
     def __len__(self) -> int:
+        """Batches of an epoch over the whole split (a rank's share has fewer: EpochLoader)."""
         return len(self.loader)
 
     def epoch(self, epoch: int, order: ContractOrder):
-        if shard_bounds(order.n, order.rank, order.world_size) != self.block:
-            raise ValueError("order is not over this stream's block")
+        if order.n != self.count:
+            raise ValueError(f"order is over {order.n} samples, this stream holds {self.count}")
         device_ctx = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with self.lock, keep_torch_threads(), device_ctx:
             self.loader.traversal_order = order   # FFCV asks it for epoch `next_epoch`'s order
@@ -164,20 +172,20 @@ _STREAMS_KEPT = 8
 _STREAMS_LOCK = threading.Lock()
 
 
-def get_stream(path, batch_size: int, start: int, stop: int, *, drop_last: bool, ffcv_augment: bool = False,
+def get_stream(path, batch_size: int, *, drop_last: bool, ffcv_augment: bool = False,
                device=torch.device("cpu"), num_workers: int = 2, expected_count: int | None = None) -> FfcvStream:
     """A cached FfcvStream (a rewritten .beton gets a new one: the key has its inode/size/mtime)."""
     st = Path(path).stat()
     device = torch.device(device)
     num_workers = max(1, min(num_workers, max_workers()))
-    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, batch_size, start, stop,
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, batch_size,
            bool(drop_last), bool(ffcv_augment), str(device), num_workers)
     with _STREAMS_LOCK:
         stream = _STREAMS.get(key)
         if stream is not None:
             _STREAMS.move_to_end(key)
     if stream is None:
-        stream = FfcvStream(path, batch_size, start, stop, drop_last=drop_last, ffcv_augment=ffcv_augment,
+        stream = FfcvStream(path, batch_size, drop_last=drop_last, ffcv_augment=ffcv_augment,
                             device=device, num_workers=num_workers)
         with _STREAMS_LOCK:
             stream = _STREAMS.setdefault(key, stream)
@@ -229,16 +237,13 @@ class FfcvLoader(EpochLoader):
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.augment_mode = augment_mode(cfg)
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
-        self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size)
+        self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
         self._epoch = None
         if self.shard_count > 0:
-            start, stop = shard_bounds(cfg.count, cfg.rank, cfg.world_size)
-            self.stream = get_stream(self.path, cfg.batch_size, start, stop, drop_last=cfg.drop_last,
+            self.stream = get_stream(self.path, cfg.batch_size, drop_last=cfg.drop_last,
                                      ffcv_augment=self.ffcv_augment, device=self.device,
                                      num_workers=cfg.num_workers, expected_count=cfg.count)
-            if len(self.stream) != len(self):
-                raise NormfastError(f"{self.path}: FFCV makes {len(self.stream)} batches, expected {len(self)}")
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
@@ -301,6 +306,6 @@ def ffcv_uint8_loader(path, batch_size: int, shuffle: bool = False, seed: int = 
     with keep_torch_threads():
         from ffcv.reader import Reader
         n = Reader(str(path)).num_samples
-    stream = get_stream(path, batch_size, 0, n, drop_last=drop_last, ffcv_augment=augment,
+    stream = get_stream(path, batch_size, drop_last=drop_last, ffcv_augment=augment,
                         num_workers=num_workers, expected_count=n)
     return Uint8Loader(stream, ContractOrder(n, seed, shuffle))

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, epoch_seed
+from normfast.loaders import EpochLoader, LoaderConfig, epoch_seed
 from normfast.normalization import PAD, NormSpec
 from normfast.ops import instance_normalize
 from normfast.shards import ShardReader
@@ -68,7 +68,7 @@ class TorchLoader(EpochLoader):
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
-        order = epoch_order(cfg.count, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)
+        order = self.epoch_indices(epoch)
         gen = torch.Generator()
         gen.manual_seed(epoch_seed(cfg.seed, epoch, cfg.rank))
         loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=FixedOrder(order),
