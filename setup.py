@@ -23,6 +23,11 @@ setup(
         "ffcv",
         "psutil",          # peak memory in benchmarks
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        "timm": ["timm>=1.0"],               # --pretrained timm: the seed's weights
+        "tensorboard": ["tensorboard"],      # --log tensorboard
+        "wandb": ["wandb"],                  # --log wandb
+    },
     entry_points={"console_scripts": ["normfast=normfast.cli:main"]},
 )

@@ -172,7 +172,9 @@ def _train_options(f):
         click.option("--norm", help="finetune | pretrain | instance | minmax (default finetune)."),
         click.option("--backend", help="dali | ffcv | resident | torch (default resident)."),
         click.option("--stats", help="finetune statistics: manifest (computed at conversion) or reference (the seed's)."),
-        click.option("--pretrained", help="imagenet (torchvision weights) | none | PATH to a state dict (default none)."),
+        click.option("--pretrained", help="Initial weights: imagenet (torchvision IMAGENET1K_V1, the default) | timm "
+                     "(timm's default weights, as the seed used; pip install 'normfast[timm]') | none (from scratch) | "
+                     "PATH to a state dict. `--norm pretrain` uses these weights' own mean/std."),
         click.option("--epochs", type=int, help="Epochs (seed: 100)."),
         click.option("--batch-size", type=int, help="GLOBAL train batch size (seed: 256); under DDP each of N ranks trains batch-size/N per step."),
         click.option("--val-fraction", type=float, help="Hold out this seeded fraction of train for validation (default 0 = off); best epoch is then chosen by val accuracy."),
@@ -180,12 +182,15 @@ def _train_options(f):
         click.option("--lr", type=float, help="Adam learning rate (seed: 0.001)."),
         click.option("--scheduler", help="cosine (annealed over the epochs, the seed's) | none."),
         click.option("--seed", type=int, help="Random seed (seed: 223)."),
-        click.option("--amp", help="auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with a grad scaler) | off."),
+        click.option("--amp", help="auto (the default: bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (with a "
+                     "grad scaler) | off. The seed trained in fp32: --amp off reproduces it."),
         click.option("--compile", help="none | default (torch.compile) | cudagraphs (CUDA only)."),
         click.option("--device", help="auto | cuda | cpu (default: cuda when present)."),
         click.option("--num-workers", type=int, help="Loader worker threads/processes (default 2)."),
         click.option("--runs", help="Root of run directories (default ./runs)."),
         click.option("--run-name", help="Run directory name (default <model>-<norm>-<backend>)."),
+        click.option("--log", help="Experiment tracking: none (default) | tensorboard (RUN/tb) | wandb (offline, "
+                     "RUN/wandb); per-step loss and lr, per-epoch accuracy, images/s and data wait."),
         click.option("--resume", is_flag=True, default=None, help="Continue from last.pt."),
         click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bars or epoch lines."),
     ]

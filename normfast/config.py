@@ -18,7 +18,7 @@ class TrainConfig:
     norm: str = "finetune"
     backend: str = "resident"
     stats: str = "manifest"          # finetune statistics: manifest | reference
-    pretrained: str = "none"         # imagenet | none | PATH
+    pretrained: str = "imagenet"     # imagenet (torchvision) | timm | none | PATH
     epochs: int = 100
     batch_size: int = 256            # GLOBAL: under DDP each of W ranks trains batch_size / W per step
     test_batch_size: int = 256       # global too, split over ranks (rounded up: it changes no result)
@@ -34,6 +34,7 @@ class TrainConfig:
     runs: str = "runs"
     run_name: str = ""               # default: <model>-<norm>-<backend>
     log_interval: int = 10
+    log: str = "none"                # experiment tracking: none | tensorboard | wandb
     resume: bool = False
     quiet: bool = False
 
@@ -91,8 +92,9 @@ def resolve_train_config(config_file: str | Path | None = None,
 
 def validate(cfg: TrainConfig) -> None:
     from normfast.loaders import backends
-    from normfast.models import models
+    from normfast.models import check_pretrained, models
     from normfast.normalization import settings
+    from normfast.tracking import check_logger
     models.get(cfg.model)
     settings.get(cfg.norm)
     backends.get(cfg.backend)
@@ -117,3 +119,5 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value not in valid and not (key == "device" and re.fullmatch(r"cuda:\d+", str(value))):
             raise NormfastError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+    check_pretrained(cfg.pretrained)      # before a run directory exists: a missing timm or file
+    check_logger(cfg.log)

@@ -44,8 +44,10 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
     echo(f"[3/5] train {plan['train']['model']} from scratch, {plan['train']['epochs']} epochs, "
          f"one run per normalization setting")
     for norm in SETTINGS:
-        cfg = resolve_train_config(None, **(plan["train"] | {"data": str(data), "norm": norm, "runs": str(runs),
-                                                              "device": device or "auto"}))
+        # from scratch unless demo.yaml says otherwise: the default (ImageNet weights) needs a network
+        train_opts = {"pretrained": "none"} | plan["train"]
+        cfg = resolve_train_config(None, **(train_opts | {"data": str(data), "norm": norm, "runs": str(runs),
+                                                           "device": device or "auto"}))
         run = RunDir(cfg.run_dir("synthetic"))
         if run.finished(cfg.epochs):
             echo(f"      {norm}: finished before; reusing {run.path}")

@@ -1,12 +1,31 @@
-"""Backbones from torchvision with the head resized to the dataset's classes."""
+"""Backbones with the head resized to the dataset's classes, and the weights they start from.
+
+`--pretrained` picks the initial weights:
+  imagenet  torchvision's IMAGENET1K_V1 (the default)
+  timm      timm's default pretrained weights for the name, as the seed loaded them
+            (`timm.create_model(name, pretrained=True)`); for resnet18/50 these are the "A1"
+            recipe (resnet50 ~80% top-1), not torchvision's. Optional: pip install 'normfast[timm]'
+  none      random initialization (training from scratch)
+  PATH      a local state dict (e.g. a run's last.pt); a 1000-class head is dropped
+
+Each set of weights brings its own preprocessing: the mean/std it was trained with. The
+`pretrain` normalization uses exactly these (`Weights.mean/std`), so the trainer resolves
+the weights before it builds the loaders.
+"""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import io
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from normfast.configs import IMAGENET_MEAN, IMAGENET_STD
 from normfast.errors import NormfastError
 from normfast.registry import Registry
 
@@ -14,38 +33,133 @@ models: Registry = Registry("model")
 for _name in ("resnet18", "resnet50", "densenet121", "densenet161"):
     models.register(_name)(_name)
 
+# normfast's model name -> timm's (timm uses the same names; the table makes that a decision)
+TIMM_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50",
+              "densenet121": "densenet121", "densenet161": "densenet161"}
+
+PRETRAINED_CHOICES = ("imagenet", "timm", "none")   # or a PATH
+TIMM_INSTALL = "pip install 'normfast[timm]' (or: pip install 'timm>=1.0')"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The initial weights of a model and the preprocessing they were trained with."""
+    name: str                              # 'imagenet:ResNet18_Weights.IMAGENET1K_V1', 'timm:resnet50.a1_in1k',
+                                           # 'none' or 'file:PATH:sha256=...'
+    mean: tuple[float, float, float]       # [0, 1] units, RGB
+    std: tuple[float, float, float]
+    source: str                            # where mean/std came from
+
+    def record(self) -> dict:
+        """What a run records about its weights (config.yaml, best_results.json)."""
+        return {"weights": self.name, "weights_mean": list(self.mean), "weights_std": list(self.std),
+                "weights_norm_source": self.source}
+
+
+def _rgb(values, what: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3:
+        raise NormfastError(f"{what}: expected 3 channel values for the weights' mean/std, got {values!r}")
+    return out  # type: ignore[return-value]
+
 
 def _head(model: nn.Module) -> tuple[str, nn.Linear]:
     return ("fc", model.fc) if hasattr(model, "fc") else ("classifier", model.classifier)
 
 
-def build_model(name: str, num_classes: int, pretrained: str = "none") -> tuple[nn.Module, str]:
-    """Returns (model, description of the weights used). Never falls back silently."""
-    import torchvision
+def _first_line(e: Exception) -> str:
+    text = str(e).splitlines()[0][:120] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _cannot_load(what: str, e: Exception) -> NormfastError:
+    return NormfastError(f"could not load {what} ({_first_line(e)}); without a network (or a cached copy) "
+                         f"pass --pretrained none to train from scratch, or --pretrained PATH to a local "
+                         f"state dict")
+
+
+@contextlib.contextmanager
+def _download_messages():
+    """Hold back what a download prints ('Downloading: URL to PATH' on stdout, warnings on
+    stderr) and show it only when the weights loaded: a failure is one error line, not three."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield
+    sys.stdout.write(out.getvalue())
+    sys.stderr.write(err.getvalue())
+
+
+def import_timm():
+    """timm, imported only when asked for; missing, it is one error line saying how to install it."""
+    try:
+        return importlib.import_module("timm")
+    except ImportError:
+        raise NormfastError(f"--pretrained timm needs the timm package; install it with: {TIMM_INSTALL}") from None
+
+
+def check_pretrained(pretrained: str) -> None:
+    """Early checks of --pretrained (before a run directory is created)."""
+    if pretrained == "timm":
+        import_timm()
+    elif pretrained not in PRETRAINED_CHOICES and not Path(pretrained).is_file():
+        raise NormfastError(f"--pretrained {pretrained}: no such file (valid: imagenet, timm, none, "
+                            f"or a path to a state dict)")
+
+
+def build_model(name: str, num_classes: int, pretrained: str = "none") -> tuple[nn.Module, Weights]:
+    """Returns (model, Weights). Never falls back silently to other weights."""
     models.get(name)
+    if pretrained == "timm":
+        return _timm_model(name, num_classes)
+    import torchvision
     if pretrained == "imagenet":
-        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        tv_weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
         try:
-            model = torchvision.models.get_model(name, weights=weights)
+            with _download_messages():
+                model = torchvision.models.get_model(name, weights=tv_weights, progress=False)
         except Exception as e:  # noqa: BLE001 - any download/cache failure
-            raise NormfastError(
-                f"could not load torchvision's ImageNet weights for {name} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:120] if str(e) else ''}); without a network pass "
-                f"--pretrained PATH to a local state dict, or --pretrained none") from None
-        used = f"imagenet:{weights}"
+            raise _cannot_load(f"torchvision's ImageNet weights for {name}", e) from None
+        preprocess = tv_weights.transforms()
+        weights = Weights(f"imagenet:{tv_weights}", _rgb(preprocess.mean, str(tv_weights)),
+                          _rgb(preprocess.std, str(tv_weights)), f"torchvision {tv_weights}.transforms()")
     else:
         model = torchvision.models.get_model(name, weights=None)
-        used = "none"
+        weights = Weights("none", IMAGENET_MEAN, IMAGENET_STD, "imagenet")
     attr, head = _head(model)
     setattr(model, attr, nn.Linear(head.in_features, num_classes))
-    if pretrained not in ("imagenet", "none"):
-        used = _load_local(model, Path(pretrained), attr)
-    return model, used
+    if pretrained not in PRETRAINED_CHOICES:
+        weights = Weights(_load_local(model, Path(pretrained), attr), IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+    return model, weights
+
+
+def _timm_model(name: str, num_classes: int) -> tuple[nn.Module, Weights]:
+    timm = import_timm()
+    timm_name = TIMM_NAMES[name]
+    try:
+        # num_classes replaces the 1000-class head with a new one (timm drops the old head's weights)
+        with _download_messages():
+            model = timm.create_model(timm_name, pretrained=True, num_classes=num_classes)
+    except Exception as e:  # noqa: BLE001 - hub download/cache failures come in many types
+        raise _cannot_load(f"timm's pretrained weights for {timm_name}", e) from None
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    try:
+        data_cfg = timm.data.resolve_data_config({}, model=model)
+    except Exception:  # noqa: BLE001 - older/odd models: the pretrained_cfg holds the same values
+        data_cfg = cfg
+    if "mean" not in data_cfg or "std" not in data_cfg:
+        raise NormfastError(f"timm's {timm_name}: its pretrained configuration names no mean/std")
+    tag = cfg.get("tag")
+    label = f"{cfg.get('architecture') or timm_name}.{tag}" if tag else (cfg.get("architecture") or timm_name)
+    source = f"timm {label} pretrained_cfg"
+    return model, Weights(f"timm:{label}", _rgb(data_cfg["mean"], source), _rgb(data_cfg["std"], source), source)
 
 
 def _load_local(model: nn.Module, path: Path, head_attr: str) -> str:
     if not path.is_file():
-        raise NormfastError(f"{path}: pretrained weights file not found (valid: imagenet, none, or a path)")
+        raise NormfastError(f"{path}: pretrained weights file not found (valid: imagenet, timm, none, or a path)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001

@@ -2,7 +2,8 @@
 
 Settings (x is the augmented image as float in [0, 1]):
   finetune  (x - mean_dataset) / std_dataset, per channel (train-split statistics)
-  pretrain  (x - mean_ImageNet) / std_ImageNet
+  pretrain  (x - mean_weights) / std_weights: the initial weights' own preprocessing
+            (ImageNet's mean/std for torchvision's weights, from scratch and local files)
   instance  per image and channel: (x - mean_HW) / std_HW, std with N-1 like torch.std;
             a channel with std <= INSTANCE_EPS (a constant channel) gives zeros
   minmax    x itself (pixel / 255), the seed's ToTensor() alone
@@ -53,14 +54,19 @@ class NormSpec:
         return 1.0 / (255.0 * std), -np.asarray(self.mean, dtype=np.float64) / std
 
 
-def resolve_norm(setting: str, manifest: dict | None = None, stats: str = "manifest") -> NormSpec:
+def resolve_norm(setting: str, manifest: dict | None = None, stats: str = "manifest",
+                 weights=None) -> NormSpec:
     """Turn a setting name into a NormSpec.
 
     `finetune` takes the train-split statistics from the manifest (`stats="manifest"`) or
-    the seed's published values for the dataset (`stats="reference"`).
+    the seed's published values for the dataset (`stats="reference"`). `pretrain` takes the
+    mean/std the initial weights were trained with (`weights`: a normfast.models.Weights;
+    some timm weights use other values than ImageNet's), ImageNet's when none are given.
     """
     settings.get(setting)
     if setting == "pretrain":
+        if weights is not None:
+            return NormSpec(setting, tuple(weights.mean), tuple(weights.std), weights.source)
         return NormSpec(setting, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
     if setting in ("minmax", "instance"):
         return NormSpec(setting, source="none")

@@ -22,9 +22,11 @@ from normfast.errors import NormfastError
 from normfast.loaders import build_loader
 from normfast.manifest import load_manifest, val_split
 from normfast.models import build_model
+from normfast.normalization import resolve_norm
 from normfast.progress import progress_bar
 from normfast.provenance import provenance
 from normfast.rundir import BEST_CKPT, LAST, RunDir, dataset_identity
+from normfast.tracking import Tracker, make_tracker
 
 loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
 
@@ -114,6 +116,8 @@ class TrainStep:
 
 
 class Trainer:
+    tracker: Tracker = Tracker()      # --log: made in fit() on rank 0, closed in close()
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.dist = Dist()
@@ -136,9 +140,11 @@ class Trainer:
                               device=self.device, amp=self.amp, compile=cfg.compile, lr=cfg.lr,
                               epochs=cfg.epochs, scheduler=cfg.scheduler, seed=cfg.seed, dist=self.dist,
                               static_batch_sizes=(self.batch_size, self.test_batch_size))
-        self.model, self.opt, self.sched, self.weights = (self.step.model, self.step.opt, self.step.sched,
-                                                          self.step.weights)
-        common = dict(backend=cfg.backend, norm=cfg.norm, device=self.device, dtype=self.in_dtype,
+        self.model, self.opt, self.sched = self.step.model, self.step.opt, self.step.sched
+        # `pretrain` normalizes with the weights' own mean/std, so the weights come before the loaders
+        self.weights, self.weights_record = self.step.weights.name, self.step.weights.record()
+        norm = resolve_norm(cfg.norm, self.manifest, cfg.stats, weights=self.step.weights)
+        common = dict(backend=cfg.backend, norm=norm, device=self.device, dtype=self.in_dtype,
                       seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size,
                       stats=cfg.stats, num_workers=cfg.num_workers)
         held_out = val_split(self.manifest, cfg.val_fraction, cfg.seed)
@@ -158,6 +164,8 @@ class Trainer:
                        getattr(self, "val_loader", None)):
             if loader is not None:
                 loader.close()
+        self.tracker.close()
+        self.tracker = Tracker()
 
     def state(self, epoch: int, best: dict) -> dict:
         return self.step.state_dict() | {"epoch": epoch, "best": best, "amp": self.amp,
@@ -198,6 +206,9 @@ class Trainer:
                 steps += 1
                 if train and steps % self.cfg.log_interval == 0:
                     self._check_finite(finite, epoch, steps)
+                    if self.tracker.enabled:     # loss.item() is cheap: _check_finite has just synced
+                        self.tracker.log_step(epoch * len(loader) + steps,
+                                              {"loss": loss.item(), "lr": self.opt.param_groups[0]["lr"]})
                     bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.0f}")
                 bar.update(len(y))
         self._sync()
@@ -252,7 +263,7 @@ class Trainer:
                 start, best = self._load_state(ckpt, run.last_checkpoint)
                 del ckpt
             if self.dist.main:
-                resolved = asdict(cfg) | {"dataset": self.dataset, "weights": self.weights, "amp": self.amp,
+                resolved = asdict(cfg) | {"dataset": self.dataset, **self.weights_record, "amp": self.amp,
                                           "device": str(self.device), "world_size": self.dist.world_size,
                                           "global_batch_size": cfg.batch_size,
                                           "per_rank_batch_size": self.batch_size,
@@ -260,6 +271,7 @@ class Trainer:
                                           "versions": provenance(), "data_identity": identity}
                 run.write_config(resolved)
                 run.truncate_metrics(start)      # rows beyond the checkpoint are trained again
+                self.tracker = make_tracker(cfg.log, run.path, resolved)
             for epoch in range(start, cfg.epochs):
                 lr = self.opt.param_groups[0]["lr"]
                 tr = self.run_epoch(epoch, train=True)
@@ -285,6 +297,7 @@ class Trainer:
                     run.append_metrics(row)
                     run.save_checkpoint(state, LAST)
                     self._write_best(best, epoch + 1)
+                    self.tracker.log_epoch(epoch, (epoch + 1) * len(self.train_loader), row)
                     if not cfg.quiet:
                         print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
                               f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  "
@@ -316,7 +329,7 @@ class Trainer:
         RunDir(self.run_dir).write_best(
             {"selected_by": "val" if self.cfg.val_fraction else "test"} | best
             | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
-                    "finished": epochs_done >= self.cfg.epochs, "weights": self.weights})
+               "finished": epochs_done >= self.cfg.epochs, **self.weights_record})
 
 
 def per_rank_batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, int]:

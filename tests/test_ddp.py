@@ -42,7 +42,7 @@ def test_ddp_ranks_see_every_class_and_cover_the_split(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29611",
            "-m", "normfast", "train", "--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "2",
            "--batch-size", "4", "--val-fraction", "0.1667", "--device", "cpu", "--num-workers", "0",
-           "--backend", "resident", "-q"]
+           "--backend", "resident", "--pretrained", "none", "-q"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     logs = {k: [json.loads(x) for x in (debug / f"rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)}
@@ -94,7 +94,8 @@ def test_val_fraction_holds_out_a_seeded_subset(tiny, tmp_path):
     assert np.array_equal(va, val_split(m, 0.25, 223)[1]) and not np.array_equal(va, val_split(m, 0.25, 1)[1])
     assert val_split(m, 0.0, 223) is None
     cfg = resolve_train_config(None, data=str(tiny), runs=str(tmp_path), epochs=2, batch_size=8,
-                               test_batch_size=8, quiet=True, num_workers=0, device="cpu", val_fraction=0.25)
+                               test_batch_size=8, quiet=True, num_workers=0, device="cpu", val_fraction=0.25,
+                               pretrained="none")
     trainer = train_mod.Trainer(cfg)
     try:
         trainer.build()
@@ -118,7 +119,7 @@ def test_val_fraction_holds_out_a_seeded_subset(tiny, tmp_path):
 
 def test_without_val_best_is_selected_by_test(tiny, tmp_path):
     cfg = resolve_train_config(None, data=str(tiny), runs=str(tmp_path), epochs=1, batch_size=8,
-                               test_batch_size=8, quiet=True, num_workers=0, device="cpu")
+                               test_batch_size=8, quiet=True, num_workers=0, device="cpu", pretrained="none")
     train_mod.train(cfg)
     run = tmp_path / "synthetic" / "resnet18-finetune-resident"
     assert json.loads((run / "best_results.json").read_text())["selected_by"] == "test"

@@ -63,7 +63,8 @@ def test_trainer_resolves_cuda_to_an_indexed_device(fake_cuda, synthetic_dir, tm
     """The crash seen on the H200: Trainer called set_device(torch.device('cuda'))."""
     from normfast.config import resolve_train_config
     from normfast.train import Trainer
-    cfg = resolve_train_config(None, data=str(synthetic_dir), device="cuda", runs=str(tmp_path), amp="off")
+    cfg = resolve_train_config(None, data=str(synthetic_dir), device="cuda", runs=str(tmp_path), amp="off",
+                               pretrained="none")
     trainer = Trainer(cfg)
     assert trainer.device == torch.device("cuda", 1) and fake_cuda == [1]
 

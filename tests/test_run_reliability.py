@@ -38,7 +38,7 @@ def other_tiny(tmp_path_factory):
 
 def cfg_for(data, runs, **kw):
     base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
-                quiet=True, num_workers=1, device="cpu")
+                quiet=True, num_workers=1, device="cpu", pretrained="none")   # no network here
     return resolve_train_config(None, **(base | kw))
 
 
@@ -49,7 +49,8 @@ def cli(*args):
 
 def train_args(data, runs, *extra):
     return ["train", "--data", data, "--runs", runs, "--epochs", "1", "--batch-size", "16",
-            "--test-batch-size", "16", "--device", "cpu", "--num-workers", "1", "-q", *extra]
+            "--test-batch-size", "16", "--device", "cpu", "--num-workers", "1", "--pretrained", "none", "-q",
+            *extra]
 
 
 def one_error_line(code, out, *parts):

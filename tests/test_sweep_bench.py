@@ -46,7 +46,8 @@ def grid_setup(tmp_path_factory):
     convert(ConvertConfig("synthetic", root / "data" / "synthetic", limit=30, quiet=True))
     grid = {"data_root": str(root / "data"), "runs": str(root / "runs"), "datasets": ["synthetic"],
             "models": ["resnet18"], "norms": ["finetune", "minmax"], "backends": ["resident"],
-            "train": {"epochs": 1, "batch_size": 16, "test_batch_size": 16, "device": "cpu", "num_workers": 1}}
+            "train": {"epochs": 1, "batch_size": 16, "test_batch_size": 16, "device": "cpu", "num_workers": 1,
+                      "pretrained": "none"}}
     path = root / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     return root, path

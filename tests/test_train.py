@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
 
 def cfg_for(data, runs, **kw):
     base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
-                quiet=True, num_workers=1, device="cpu")
+                quiet=True, num_workers=1, device="cpu", pretrained="none")   # no network here
     return resolve_train_config(None, **(base | kw))
 
 
@@ -182,7 +182,7 @@ def test_ddp_two_processes_gloo(tmp_path, n):
     env = os.environ | {"NORMFAST_DEBUG_DDP": str(debug), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={29500 + n}",
            "-m", "normfast", "train", "--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "2",
-           "--batch-size", "8", "--device", "cpu", "--num-workers", "1", "-q"]
+           "--batch-size", "8", "--device", "cpu", "--num-workers", "1", "--pretrained", "none", "-q"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     logs = {k: [json.loads(x) for x in (debug / f"rank{k}.jsonl").read_text().splitlines()] for k in (0, 1)}
