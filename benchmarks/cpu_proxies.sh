@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The CPU proxies of the GPU targets (run on an otherwise idle machine; writes
+# benchmarks/results/proxies-cpu.{md,json}):
+#   1. dali shuffled >= 90% of dali in stored order (the shuffled source costs nothing extra)
+#   2. in `bench loaders`, a backend measured after others >= 90% of its figure alone
+#      (each loader is closed before the next is built: nothing of one slows the next)
+# LIMIT (default 50000) synthetic 32 px images, batch 256, finetune, float32, EPOCHS timed
+# epochs after a warm-up epoch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+LIMIT=${LIMIT:-50000}
+EPOCHS=${EPOCHS:-2}
+R=${RESULTS:-benchmarks/results/proxies-cpu}
+WORK=${WORK:-$(mktemp -d)}
+"$PY" -m normfast convert synthetic --out "$WORK/syn" --limit "$LIMIT" --force -q
+bench() { "$PY" -m normfast bench loaders --data "$WORK/syn" --device cpu --norm finetune --epochs "$EPOCHS" "$@"; }
+bench --backend dali --order shuffled,stored --json "$WORK/order.json"
+for b in dali ffcv resident; do bench --backend "$b" --json "$WORK/alone-$b.json"; done
+bench --backend dali,ffcv,resident --json "$WORK/after-1.json"
+bench --backend resident,ffcv,dali --json "$WORK/after-2.json"
+"$PY" - "$WORK" "$R" <<'PYEOF'
+import json, sys
+from pathlib import Path
+from normfast.bench import machine
+work, prefix = Path(sys.argv[1]), sys.argv[2]
+load = lambda name: json.loads((work / f"{name}.json").read_text())["records"]
+rate = {r["order"]: r["images_per_second"] for r in load("order")}
+lines, rows = [], []
+def verdict(name, value, target, detail):
+    lines.append(f"{'PASS' if value >= target else 'FAIL'}  {name}: {value:.0%} (target >= {target:.0%}) {detail}")
+verdict("dali shuffled / stored order", rate["shuffled"] / rate["stored"], 0.90,
+        f"({rate['shuffled']:,.0f} vs {rate['stored']:,.0f} img/s)")
+alone = {r["backend"]: r["images_per_second"] for b in ("dali", "ffcv", "resident") for r in load(f"alone-{b}")}
+for run in ("after-1", "after-2"):
+    recs = load(run)
+    for i, r in enumerate(recs):
+        if i == 0:
+            continue
+        before = ", ".join(x["backend"] for x in recs[:i])
+        verdict(f"{r['backend']} after {before} / alone", r["images_per_second"] / alone[r["backend"]], 0.90,
+                f"({r['images_per_second']:,.0f} vs {alone[r['backend']]:,.0f} img/s)")
+m = machine()
+text = (f"# CPU proxies of the GPU targets\n\n{m['cpu']} ({m['cpus']} cores), torch {m['torch']}, DALI {m['dali']}, "
+        f"FFCV {m['ffcv']}, normfast commit {m['commit']}.\n`bash benchmarks/cpu_proxies.sh`: synthetic 32 px "
+        "images, batch 256, finetune, float32, timed epochs after a warm-up epoch.\n\n```\n" + "\n".join(lines) + "\n```\n")
+Path(f"{prefix}.md").write_text(text)
+Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "verdicts": lines, "order": rate, "alone": alone,
+                                              "after": {k: load(k) for k in ("after-1", "after-2")}}, indent=2) + "\n")
+print(text)
+PYEOF
