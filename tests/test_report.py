@@ -73,6 +73,7 @@ def test_helpers():
     assert within_noise(0.01, 0.02, None) and not within_noise(0.03, 0.02, 0.01) and not within_noise(0.0, None)
     assert weights_kind(W18) == "imagenet:IMAGENET1K_V1"
     assert weights_kind("file:/x.pt:sha256=ab") == "file" and weights_kind("none") == "none"
+    assert weights_kind("timm:resnet50.a1_in1k") == weights_kind("timm:densenet121.tv_in1k") == "timm"
     seed = load_seed_results()
     assert seed[("cifar10", "resnet18", "finetune")] == (0.8788, 98)
     assert seed[("tiny-imagenet-200", "densenet161", "minmax")][0] == 0.6245

@@ -45,12 +45,15 @@ def recorded_seed(run_dir: Path):
 
 def weights_kind(weights: str | None) -> str:
     """The kind of initial weights, the same for every model: 'imagenet:IMAGENET1K_V1',
-    'none', 'file' (a local state dict) or 'unknown'."""
+    'timm' (timm's default weights of each model, e.g. 'timm:resnet50.a1_in1k'), 'none',
+    'file' (a local state dict) or 'unknown'."""
     w = str(weights or "unknown")
     if w.startswith("imagenet:"):
         return "imagenet:" + w.split(":", 1)[1].rsplit(".", 1)[-1]   # drop ResNet18_Weights.
     if w.startswith("file:"):
         return "file"
+    if w.startswith("timm:"):
+        return "timm"
     return w
 
 
