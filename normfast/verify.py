@@ -128,7 +128,8 @@ def verify(data_dir: str | Path, samples: int = 512):
         k = min(samples, count)
         for name, (x, y) in seen.items():
             if x.shape != (k,) + shape:
-                raise NormfastError(f"{data_dir}: {split} read through {name} has shape {x.shape[1:]}, expected {shape}")
+                raise NormfastError(f"{data_dir}: {split} read through {name} has shape {x.shape[1:]}, "
+                                    f"expected {shape}")
             if y.min() < 0 or y.max() >= len(m["classes"]):
                 raise NormfastError(f"{data_dir}: {split} read through {name} has a label out of range")
         names = list(seen)
