@@ -24,7 +24,7 @@ setup(
         "psutil",          # peak memory in benchmarks
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "ruff"],          # .ci/run: ruff check, then pytest
         "timm": ["timm>=1.0"],               # --pretrained timm: the seed's weights
         "tensorboard": ["tensorboard"],      # --log tensorboard
         "wandb": ["wandb"],                  # --log wandb

@@ -24,7 +24,7 @@ fi
 # Re-install only when the declared dependencies changed.
 stamp=.venv/.normfast-setup
 want=$(cat setup.py setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('normfast', 'ffcv', 'nvidia.dali', 'torchvision', 'pytest')))" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('normfast', 'ffcv', 'nvidia.dali', 'torchvision', 'pytest', 'ruff')))" 2>/dev/null; then
   exit 0
 fi
 echo "setup: installing Python packages into .venv (first time: a few minutes)"

@@ -117,7 +117,8 @@ def main():
         if r["what"] == "loader":
             print(f"| dali | {r['variant']} | {r['source_ms_per_batch']:.3f} | {r['ms_per_batch']:.2f} | "
                   f"{r['handover_ms_per_batch']:.2f} | {r['images_per_second']:,.0f} |")
-    print(f"\n| backend | variant | ceiling img/s | end-to-end img/s | efficiency | data wait |  ({a.model}, {compile_mode})")
+    print("\n| backend | variant | ceiling img/s | end-to-end img/s | efficiency | data wait | "
+          f" ({a.model}, {compile_mode})")
     print("|---|---|---|---|---|---|")
     for r in records:
         if r["what"] == "train":

@@ -3,8 +3,8 @@
 Every reader returns a `Source`: class names and, per split, an indexed dataset whose
 `[i]` is `(uint8 HxWx3 array, int label)`, in the order the files list the samples.
 `Source.grouped` says that this order runs class by class (folder layouts): conversion then
-stores a seeded permutation instead (see `converters.convert.stored_order`). Readers check layout and labels up front and
-raise NormfastError naming the file and what is wrong; images are decoded lazily.
+stores a seeded permutation instead (see `converters.convert.stored_order`). Readers check layout
+and labels up front and raise NormfastError naming the file and what is wrong; images are decoded lazily.
 """
 from __future__ import annotations
 

@@ -190,7 +190,8 @@ def _endless(loader):
 
 
 def format_train_table(records: list[dict]) -> str:
-    lines = ["| model | compile | backend | device | amp | ceiling img/s | end-to-end img/s | efficiency | data wait | spread |",
+    lines = ["| model | compile | backend | device | amp | ceiling img/s | end-to-end img/s | efficiency "
+             "| data wait | spread |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {r['device']} | {r['amp']} | "

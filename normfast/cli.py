@@ -110,14 +110,19 @@ def _list(value: str) -> tuple[str, ...]:
 @click.option("--src", type=click.Path(path_type=Path), help="Folder holding the source files.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--format", "fmt", default="ffcv,dali", show_default=True, help="Formats to write: ffcv, dali or both.")
-@click.option("--encoding", default="raw", show_default=True, help="Image storage: raw (lossless, no decode), png (lossless, DALI only; FFCV stores raw) or jpg.")
+@click.option("--encoding", default="raw", show_default=True,
+              help="Image storage: raw (lossless, no decode), png (lossless, DALI only; FFCV stores raw) "
+              "or jpg.")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality with --encoding jpg.")
-@click.option("--limit", type=int, help="Convert only the first N images per split (quick runs). For synthetic: N train, N/5 test.")
+@click.option("--limit", type=int, help="Convert only the first N images per split (quick runs). "
+              "For synthetic: N train, N/5 test.")
 @click.option("--size", type=int, help="Resize: shorter side to N, then centre crop NxN (for images of mixed sizes).")
-@click.option("--download", is_flag=True, help="Fetch the source into --src first (cifar10, cifar100, svhn, tiny-imagenet-200).")
+@click.option("--download", is_flag=True, help="Fetch the source into --src first "
+              "(cifar10, cifar100, svhn, tiny-imagenet-200).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--clean", is_flag=True, help="Convert nothing: restore or remove what a killed conversion to --out left.")
+@click.option("--clean", is_flag=True, help="Convert nothing: restore or remove what a killed conversion "
+              "to --out left.")
 def convert(source, src, out, fmt, encoding, quality, limit, size, download, force, quiet, clean):
     """Convert a dataset SOURCE once into FFCV and DALI formats with a manifest.
 
@@ -171,13 +176,17 @@ def _train_options(f):
         click.option("--model", help="resnet18 | resnet50 | densenet121 | densenet161 (default resnet18)."),
         click.option("--norm", help="finetune | pretrain | instance | minmax (default finetune)."),
         click.option("--backend", help="dali | ffcv | resident | torch (default resident)."),
-        click.option("--stats", help="finetune statistics: manifest (computed at conversion) or reference (the seed's)."),
+        click.option("--stats", help="finetune statistics: manifest (computed at conversion) "
+                     "or reference (the seed's)."),
         click.option("--pretrained", help="Initial weights: imagenet (torchvision IMAGENET1K_V1, the default) | timm "
                      "(timm's default weights, as the seed used; pip install 'normfast[timm]') | none (from scratch) | "
                      "PATH to a state dict. `--norm pretrain` uses these weights' own mean/std."),
         click.option("--epochs", type=int, help="Epochs (seed: 100)."),
-        click.option("--batch-size", type=int, help="GLOBAL train batch size (seed: 256); under DDP each of N ranks trains batch-size/N per step."),
-        click.option("--val-fraction", type=float, help="Hold out this seeded fraction of train for validation (default 0 = off); best epoch is then chosen by val accuracy."),
+        click.option("--batch-size", type=int, help="GLOBAL train batch size (seed: 256); under DDP each of N ranks "
+                     "trains batch-size/N per step."),
+        click.option("--val-fraction", type=float,
+                     help="Hold out this seeded fraction of train for validation (default 0 = off); "
+                     "best epoch is then chosen by val accuracy."),
         click.option("--test-batch-size", type=int, help="Test batch size (seed: 256)."),
         click.option("--lr", type=float, help="Adam learning rate (seed: 0.001)."),
         click.option("--scheduler", help="cosine (annealed over the epochs, the seed's) | none."),
@@ -211,12 +220,13 @@ def train(config_file, **options):
     best.pt and last.pt. Under `torchrun --nproc_per_node=N -m normfast train ...` it trains with DDP.
     """
     from normfast.config import resolve_train_config
+    from normfast.manifest import load_manifest
     from normfast.train import train as run
     cfg = resolve_train_config(config_file, **options)
     best = run(cfg)
     if not cfg.quiet:
         click.echo(f"best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
-                   f"run directory {cfg.run_dir(__import__('normfast.manifest', fromlist=['x']).load_manifest(cfg.data)['name'])}")
+                   f"run directory {cfg.run_dir(load_manifest(cfg.data)['name'])}")
 
 
 @main.command()
@@ -290,7 +300,8 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
 @click.option("--backend", default="dali,ffcv,resident,torch", show_default=True)
 @click.option("--model", default="resnet18", show_default=True, help="Comma-separated models.")
-@click.option("--compile", "compiles", default="none", show_default=True, help="Comma-separated: none, default, cudagraphs.")
+@click.option("--compile", "compiles", default="none", show_default=True,
+              help="Comma-separated: none, default, cudagraphs.")
 @click.option("--norm", default="finetune", show_default=True)
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
 @click.option("--amp", default="auto", show_default=True, help="auto | bf16 | fp16 | off.")

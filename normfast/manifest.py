@@ -202,3 +202,13 @@ def split_format(manifest: dict, data_dir: Path, split: str, fmt: str) -> dict:
     if info is None:
         raise NormfastError(f"{data_dir}: split {split!r} has no {fmt} files in manifest.json")
     return info
+
+
+def beton_path(data_dir, manifest: dict, split: str) -> Path:
+    """A split's FFCV .beton, checked to exist (readers need no FFCV import to find it)."""
+    root = Path(data_dir)
+    info = split_format(manifest, root, split, "ffcv")
+    path = root / manifest["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
+    if not path.is_file():
+        raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
+    return path

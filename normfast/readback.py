@@ -24,8 +24,8 @@ def iter_split(data_dir: Path, manifest: dict, split: str, batch_size: int = 102
 
 def iter_ffcv(data_dir: Path, split: str, batch_size: int = 1024):
     """A split's images and labels exactly as stored in the .beton (no augmentation)."""
-    from normfast.loaders.ffcv_backend import beton_path, ffcv_uint8_loader
-    from normfast.manifest import load_manifest
+    from normfast.loaders.ffcv_backend import ffcv_uint8_loader
+    from normfast.manifest import beton_path, load_manifest
     loader = ffcv_uint8_loader(beton_path(data_dir, load_manifest(data_dir), split), batch_size,
                                shuffle=False, seed=0, augment=False, drop_last=False)
     for images, labels in loader:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from normfast.errors import NormfastError
-from normfast.manifest import MANIFEST, load_manifest, sha256_file
+from normfast.manifest import MANIFEST, beton_path, load_manifest, sha256_file
 from normfast.shards import ShardReader, parse_dali_index
 
 # Stored statistics are computed from exact integer sums, as here: they agree to rounding.
@@ -117,8 +117,6 @@ def verify(data_dir: str | Path, samples: int = 512):
             seen["plain"] = first_n(ShardReader(data_dir, m, split).batches(256), samples)
         if "ffcv" in m["formats"]:
             from ffcv.reader import Reader
-
-            from normfast.loaders.ffcv_backend import beton_path
             path = beton_path(data_dir, m, split)
             n = Reader(str(path)).num_samples
             if n != count:
@@ -128,7 +126,8 @@ def verify(data_dir: str | Path, samples: int = 512):
         k = min(samples, count)
         for name, (x, y) in seen.items():
             if x.shape != (k,) + shape:
-                raise NormfastError(f"{data_dir}: {split} read through {name} has shape {x.shape[1:]}, expected {shape}")
+                raise NormfastError(f"{data_dir}: {split} read through {name} has shape {x.shape[1:]}, "
+                                    f"expected {shape}")
             if y.min() < 0 or y.max() >= len(m["classes"]):
                 raise NormfastError(f"{data_dir}: {split} read through {name} has a label out of range")
         names = list(seen)

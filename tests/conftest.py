@@ -1,26 +1,22 @@
-import sys
-from pathlib import Path
-
+import loader_checks
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from converters.convert import ConvertConfig, convert  # noqa: E402
+from converters.convert import ConvertConfig, convert
 
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
     """A small converted synthetic dataset with both formats (shared, read-only)."""
     out = tmp_path_factory.mktemp("data") / "synthetic"
-    convert(ConvertConfig(source="synthetic", out=out, limit=600, quiet=True))
+    convert(ConvertConfig(source="synthetic", out=out, limit=600, quiet=True,
+                          formats=loader_checks.convert_formats()))
     return out
 
 
 @pytest.fixture(scope="session")
 def edge(tmp_path_factory):
     """60 edge-case images in 9 tar shards and one .beton (see loader_checks.edge_images)."""
-    import loader_checks
     out = tmp_path_factory.mktemp("loaders") / "edge"
     shards = loader_checks.write_dataset(out, loader_checks.edge_images(), np.arange(loader_checks.EDGE_N), 7)
     assert len(shards) == 9
@@ -31,7 +27,6 @@ def edge(tmp_path_factory):
 def indexed(tmp_path_factory):
     """2500 tiny images whose pixels spell their stored index (more than DALI's default
     shuffle buffer of 1024)."""
-    import loader_checks
     out = tmp_path_factory.mktemp("loaders") / "indexed"
     k = np.arange(2500)
     images = np.zeros((2500, 2, 2, 3), np.uint8)

@@ -12,7 +12,8 @@ def rand_images(n: int, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def write_cifar10(root: Path, per_batch: int = 6, test: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def write_cifar10(root: Path, per_batch: int = 6,
+                  test: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     train_x, train_y = [], []

@@ -1,9 +1,11 @@
 """Helpers shared by the loader tests: fixture writers and checks against the reference."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from converters.formats import ShardWriter, StagingDataset, write_ffcv
@@ -14,6 +16,36 @@ from normfast.shards import ShardReader
 EDGE_N = 60
 
 
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+# The optional backends' packages: a missing one skips only that backend's cases.
+NEEDS = {"dali": "nvidia.dali", "ffcv": "ffcv"}
+HAVE = {name: _importable(module) for name, module in NEEDS.items()}
+
+
+def backend_params(*names: str) -> list:
+    """`names` as pytest parameters; dali/ffcv cases skip when their package is missing."""
+    return [pytest.param(n, marks=pytest.mark.skipif(not HAVE.get(n, True), reason=f"needs {NEEDS.get(n)}"))
+            for n in names]
+
+
+def needs(*names: str):
+    """Skip a test that uses these backends together when one's package is missing."""
+    missing = [NEEDS[n] for n in names if not HAVE[n]]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
+
+
+def convert_formats() -> tuple[str, ...]:
+    """The formats a test dataset can be converted to on this machine."""
+    return ("ffcv", "dali") if HAVE["ffcv"] else ("dali",)
+
+
 def write_dataset(out, images, labels, shard_samples):
     """Raw webdataset shards + an FFCV .beton + a manifest for arbitrary uint8 images
     (labels < 256), so every backend reads the very same stored images."""
@@ -21,20 +53,21 @@ def write_dataset(out, images, labels, shard_samples):
     for img, label in zip(images, labels):
         writer.write(img, int(label))
     shards = writer.close()
-    staging = out / "staging.u8"
-    staging.write_bytes(np.ascontiguousarray(images).tobytes())
-    ffcv_info = write_ffcv(StagingDataset(staging, images.shape[1:], np.asarray(labels)), out / "ffcv",
-                           "train", "raw", 90)
-    staging.unlink()
     split = {"count": len(labels), "class_counts": np.bincount(labels, minlength=256).tolist(),
              "formats": {"dali": {"shards": [f"{s}.tar" for s in shards],
-                                  "indexes": [f"{s}.idx" for s in shards]},
-                         "ffcv": ffcv_info}}
+                                  "indexes": [f"{s}.idx" for s in shards]}}}
+    formats = {"dali": {"dir": "dali", "image_encoding": "raw"}}
+    if HAVE["ffcv"]:
+        staging = out / "staging.u8"
+        staging.write_bytes(np.ascontiguousarray(images).tobytes())
+        split["formats"]["ffcv"] = write_ffcv(StagingDataset(staging, images.shape[1:], np.asarray(labels)),
+                                              out / "ffcv", "train", "raw", 90)
+        staging.unlink()
+        formats["ffcv"] = {"dir": "ffcv", "image_encoding": "raw"}
     manifest = {"name": out.name, "classes": [str(k) for k in range(256)], "num_classes": 256,
                 "image_shape": list(images.shape[1:]), "splits": {"train": split},
                 "stats": {"mean": [0.5] * 3, "std": [0.25] * 3}, "encoding": "raw", "files": [],
-                "formats": {"dali": {"dir": "dali", "image_encoding": "raw"},
-                            "ffcv": {"dir": "ffcv", "image_encoding": "raw"}}}
+                "formats": formats}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return shards
 

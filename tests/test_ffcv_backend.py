@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("ffcv")
+pytest.importorskip("ffcv")      # every test here is an FFCV case (the other backends run in test_loaders.py)
 
 from loader_checks import (EDGE_N, check_offsets_and_flips, edge_images, epoch, infer_augmentation,  # noqa: E402
                            stored, to_u8)
-from normfast.errors import NormfastError                                  # noqa: E402
-from normfast.loaders import build_loader, epoch_order                     # noqa: E402
+from normfast.errors import NormfastError  # noqa: E402
+from normfast.loaders import build_loader, epoch_order  # noqa: E402
 from normfast.loaders.ffcv_backend import ffcv_uint8_loader  # noqa: E402
 from normfast.ops import keep_torch_threads  # noqa: E402
 

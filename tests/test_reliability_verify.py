@@ -53,7 +53,8 @@ def test_verify_catches_edited_class_counts_with_the_same_total(data):
         c = m["splits"]["test"]["class_counts"]
         c[0], c[1] = c[0] + 1, c[1] - 1
     edit(data, swap)
-    with pytest.raises(NormfastError, match=r"splits.test.class_counts\[0\] \(hstripes\) is \d+, the stored labels give"):
+    with pytest.raises(NormfastError,
+                       match=r"splits.test.class_counts\[0\] \(hstripes\) is \d+, the stored labels give"):
         list(verify(data))
 
 

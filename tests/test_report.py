@@ -407,5 +407,6 @@ def test_answer_paragraph_per_dataset(tmp_path):
     cifar = [line for line in t1.splitlines() if line.startswith("| cifar10")][0]
     assert "mean: (0.03, 0.12, 0.18)" in cifar and "B, G, R" not in cifar
     pairs = (tmp_path / "out" / "paired.md").read_text()
-    assert "| cifar10 | resnet18 | finetune − minmax | +11.00 ± 2.48 (n=3) | [+8.52, +13.48] | finetune higher |" in pairs
+    assert ("| cifar10 | resnet18 | finetune − minmax | +11.00 ± 2.48 (n=3) | [+8.52, +13.48] "
+            "| finetune higher |") in pairs
     assert "| svhn | resnet18 | finetune − pretrain | -2.00 (n=1, no interval) | — | 1 seed: no interval |" in pairs

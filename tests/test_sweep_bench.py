@@ -19,7 +19,8 @@ def test_plan_filters_seeds_and_shards():
     runs = plan(GRID, {}, None, None)
     assert len(runs) == 16 and runs[0].run_name == "resnet18-finetune-dali"
     sub = plan(GRID, {"models": ["resnet50"], "norms": ["minmax"]}, None, None)
-    assert [(r.dataset, r.run_name) for r in sub] == [("cifar10", "resnet50-minmax-dali"), ("svhn", "resnet50-minmax-dali")]
+    assert [(r.dataset, r.run_name) for r in sub] == [("cifar10", "resnet50-minmax-dali"),
+                                                      ("svhn", "resnet50-minmax-dali")]
     # a run's name depends on (configuration, seed) only: seed 223 is plain with or without --seeds
     seeded = plan(GRID, {"datasets": ["svhn"]}, [223, 224, 225], None)
     assert len(seeded) == 24

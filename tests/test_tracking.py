@@ -151,7 +151,8 @@ def test_missing_package_is_one_error_line(monkeypatch, tiny, tmp_path, name, mo
 def test_unknown_logger_lists_the_valid_ones(tiny, tmp_path):
     r = CliRunner().invoke(main, ["train", "--data", str(tiny), "--runs", str(tmp_path), "--pretrained", "none",
                                   "-q", "--log", "mlflow"])
-    assert r.exit_code == 1 and "unknown experiment logger (--log) 'mlflow'; valid: none, tensorboard, wandb" in r.output
+    assert r.exit_code == 1
+    assert "unknown experiment logger (--log) 'mlflow'; valid: none, tensorboard, wandb" in r.output
 
 
 def test_wandb_start_failure_is_a_normfast_error(monkeypatch, tmp_path):

@@ -91,5 +91,6 @@ def test_missing_package_names_it_and_how_to_install(synthetic_dir, monkeypatch)
 def test_unknown_names_list_the_valid_ones(synthetic_dir):
     with pytest.raises(NormfastError, match="unknown backend 'fast'; valid: dali, ffcv, resident, torch"):
         build_loader(synthetic_dir, "train", "fast", 8, "minmax", False, device="cpu")
-    with pytest.raises(NormfastError, match="unknown normalization setting 'zca'; valid: finetune, pretrain, instance, minmax"):
+    with pytest.raises(NormfastError,
+                       match="unknown normalization setting 'zca'; valid: finetune, pretrain, instance, minmax"):
         build_loader(synthetic_dir, "train", "resident", 8, "zca", False, device="cpu")

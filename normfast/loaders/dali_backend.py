@@ -253,7 +253,6 @@ class DaliLoader(EpochLoader):
             pipe.schedule_run()
 
     def iter_epoch(self, epoch: int):
-        cfg = self.cfg
         n = len(self)
         if n == 0:
             return

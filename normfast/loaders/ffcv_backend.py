@@ -47,7 +47,7 @@ import torch
 
 from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, to_device
-from normfast.manifest import split_format
+from normfast.manifest import beton_path
 from normfast.augment import PAD
 from normfast.ops import BatchTransform, keep_torch_threads
 
@@ -89,15 +89,6 @@ class ContractOrder:
         else:
             order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
         return order.astype(np.uint64)   # FFCV's own index dtype
-
-
-def beton_path(data_dir, manifest: dict, split: str) -> Path:
-    root = Path(data_dir)
-    info = split_format(manifest, root, split, "ffcv")
-    path = root / manifest["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
-    if not path.is_file():
-        raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
-    return path
 
 
 class FfcvStream:
