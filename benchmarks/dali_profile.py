@@ -15,13 +15,13 @@ import argparse
 import json
 import time
 
-import torch
 
 from normfast.bench import _bench_one, _endless, machine
 from normfast.device import resolve_device, sync, use_device
 from normfast.loaders import build_loader
 from normfast.manifest import load_manifest
-from normfast.train import AMP_DTYPES, TrainStep, resolve_amp
+from normfast.precision import input_dtype, resolve_amp
+from normfast.train import TrainStep
 
 VARIANTS = {"prefetch-2": dict(dali_prefetch=2), "prefetch-4": dict(dali_prefetch=4),
             "prefetch-2-fg": dict(dali_prefetch=2, background=False)}
@@ -81,7 +81,7 @@ def main():
     device = resolve_device(a.device)
     use_device(device)
     amp = resolve_amp("auto", device)
-    dtype = AMP_DTYPES.get(amp, torch.float32)
+    dtype = input_dtype(amp)
     compile_mode = a.compile if device.type == "cuda" else "none"
     manifest = load_manifest(a.data)
     common = dict(augment=True, device=device, dtype=dtype, seed=223, shuffle=True, drop_last=True,

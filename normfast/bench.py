@@ -15,7 +15,6 @@ import resource
 import statistics
 import time
 
-import torch
 
 from normfast.device import resolve_device, sync, use_device
 from normfast.errors import NormfastError
@@ -104,14 +103,15 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     built, measured against that step's ceiling in alternating repeats, and closed."""
     from normfast.manifest import load_manifest
     from normfast.models import models
-    from normfast.train import AMP_DTYPES, TrainStep, resolve_amp
+    from normfast.precision import input_dtype, resolve_amp
+    from normfast.train import TrainStep
     if steps < 1 or warmup < 0 or repeats < 1:
         raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
     device = resolve_device(device)
     use_device(device)
     manifest = load_manifest(data_dir)
     amp = resolve_amp(amp, device)
-    in_dtype = AMP_DTYPES.get(amp, torch.float32)
+    in_dtype = input_dtype(amp)
     compile_modes = [c.strip() for c in compiles.split(",") if c.strip()]
     for c in compile_modes:
         if c not in COMPILE_MODES:

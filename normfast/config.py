@@ -9,6 +9,7 @@ from pathlib import Path
 
 from normfast.configs import CONFIG_DIR, load_yaml
 from normfast.errors import NormfastError
+from normfast.precision import AMP_NAMES, amp_name
 
 
 @dataclass
@@ -112,7 +113,8 @@ def validate(cfg: TrainConfig) -> None:
     for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0)):
         if getattr(cfg, k) < low:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least {low}")
-    choices = {"amp": ("auto", "bf16", "fp16", "off"), "compile": ("none", "default", "cudagraphs"),
+    cfg.amp = amp_name(cfg.amp)             # one precision vocabulary: bfloat16 / float32 accepted too
+    choices = {"amp": AMP_NAMES, "compile": ("none", "default", "cudagraphs"),
                "optimizer": ("adam",), "scheduler": ("cosine", "none"), "stats": ("manifest", "reference"),
                "device": ("auto", "cpu", "cuda")}
     for key, valid in choices.items():

@@ -115,13 +115,3 @@ def reference_normalize(images: np.ndarray, spec: NormSpec) -> np.ndarray:
     mean = np.asarray(spec.mean, dtype=np.float64).reshape(1, 3, 1, 1)
     std = np.asarray(spec.std, dtype=np.float64).reshape(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def dtype_tolerance(dtype_name: str) -> tuple[float, float]:
-    """(rtol, atol) a backend's output must meet against the float64 reference.
-
-    float32: 1e-5 absolute. fp16/bf16: the rounding of the final cast, half a unit in the
-    last place, i.e. 2**-11 (fp16) and 2**-8 (bf16) relative, plus 1e-5 absolute.
-    """
-    return {"float32": (0.0, 1e-5), "float16": (2.0 ** -11, 1e-5),
-            "bfloat16": (2.0 ** -8, 1e-5)}[dtype_name]

@@ -14,20 +14,7 @@ import torch
 
 from normfast.augment import PAD
 from normfast.normalization import INSTANCE_EPS, NormSpec
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-    from normfast.errors import NormfastError
-    try:
-        return DTYPES[aliases.get(name, name)]
-    except KeyError:
-        raise NormfastError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
-
+from normfast.precision import resolve_dtype
 
 @contextlib.contextmanager
 def keep_torch_threads():

@@ -23,23 +23,13 @@ from normfast.loaders import build_loader
 from normfast.manifest import load_manifest, val_split
 from normfast.models import build_model
 from normfast.normalization import resolve_norm
+from normfast.precision import AMP_DTYPES, input_dtype, resolve_amp
 from normfast.progress import progress_bar
 from normfast.provenance import provenance
 from normfast.rundir import BEST_CKPT, LAST, RunDir, dataset_identity
 from normfast.tracking import Tracker, make_tracker
 
 loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    if amp == "auto":   # bf16 where the GPU has it (Ampere and newer), else fp16 with a scaler
-        if device.type != "cuda":
-            return "off"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return amp
-
 
 class TrainStep:
     """Model, optimizer, schedule, precision, DDP and compilation: one training (or eval)
@@ -131,7 +121,7 @@ class Trainer:
         self.manifest = load_manifest(cfg.data)
         self.dataset = self.manifest["name"]
         self.run_dir = cfg.run_dir(self.dataset)
-        self.in_dtype = AMP_DTYPES.get(self.amp, torch.float32)
+        self.in_dtype = input_dtype(self.amp)
 
     # ------------------------------------------------------------------ set-up
     def build(self):

@@ -10,7 +10,8 @@ import torch
 
 from converters.formats import ShardWriter, StagingDataset, write_ffcv
 from normfast.manifest import load_manifest
-from normfast.normalization import PAD, dtype_tolerance
+from normfast.normalization import PAD
+from normfast.precision import tolerance
 from normfast.shards import ShardReader
 
 EDGE_N = 60
@@ -98,7 +99,7 @@ def epoch(ld):
 
 
 def check_close(x: torch.Tensor, ref: np.ndarray, dtype: str):
-    rtol, atol = dtype_tolerance(dtype)
+    rtol, atol = tolerance(dtype)
     got = x.float().numpy().astype(np.float64)
     assert not np.isnan(got).any()
     bad = np.abs(got - ref) > atol + rtol * np.abs(ref)
