@@ -34,3 +34,11 @@ def indexed(tmp_path_factory):
     images[..., 1] = (k % 256)[:, None, None]
     loader_checks.write_dataset(out, images, k % 256, 1000)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """40 synthetic train images (+8 test): the training tests' dataset."""
+    out = tmp_path_factory.mktemp("tiny") / "synthetic"
+    convert(ConvertConfig("synthetic", out, limit=40, quiet=True))
+    return out

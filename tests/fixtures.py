@@ -97,3 +97,11 @@ def write_imagefolder(root: Path, classes=("cat", "dog"), per_class: int = 3, si
 def _pickle(path: Path, obj) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f)
+
+
+def cfg_for(data, runs, **kw):
+    """A quick CPU train configuration on `data` (from scratch: no network here)."""
+    from normfast.config import resolve_train_config
+    base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
+                quiet=True, num_workers=1, device="cpu", pretrained="none")
+    return resolve_train_config(None, **(base | kw))

@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 import normfast.train as train_mod
-from converters.convert import ConvertConfig, convert
 from normfast.cli import main
+from fixtures import cfg_for
 from normfast.config import TrainConfig, resolve_train_config
 from normfast.configs import CONFIG_DIR, IMAGENET_MEAN, IMAGENET_STD, load_yaml
 from normfast.errors import NormfastError
@@ -20,19 +20,6 @@ from normfast.models import Weights, build_model
 from normfast.normalization import resolve_norm
 
 TIMM_MEAN, TIMM_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)   # unlike ImageNet's, as some timm weights are
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "synthetic"
-    convert(ConvertConfig("synthetic", out, limit=40, quiet=True))
-    return out
-
-
-def cfg_for(data, runs, **kw):
-    base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
-                quiet=True, num_workers=1, device="cpu", pretrained="none", backend="resident")
-    return resolve_train_config(None, **(base | kw))
 
 
 @pytest.fixture

@@ -14,18 +14,11 @@ import normfast.rundir as rundir_mod
 import normfast.train as train_mod
 from converters.convert import ConvertConfig, convert
 from normfast.cli import main
-from normfast.config import resolve_train_config
+from fixtures import cfg_for
 from normfast.errors import NormfastError
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = "synthetic/resnet18-finetune-resident"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "synthetic"
-    convert(ConvertConfig("synthetic", out, limit=40, quiet=True))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +27,6 @@ def other_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("other") / "synthetic"
     convert(ConvertConfig("synthetic", out, limit=48, quiet=True))
     return out
-
-
-def cfg_for(data, runs, **kw):
-    base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
-                quiet=True, num_workers=1, device="cpu", pretrained="none")   # no network here
-    return resolve_train_config(None, **(base | kw))
 
 
 def cli(*args):

@@ -12,25 +12,12 @@ from click.testing import CliRunner
 
 import normfast.train as train_mod
 from converters.convert import ConvertConfig, convert
-from fixtures import write_imagefolder
+from fixtures import cfg_for, write_imagefolder
 from normfast.cli import main
 from normfast.config import resolve_train_config
 from normfast.errors import NormfastError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "synthetic"
-    convert(ConvertConfig("synthetic", out, limit=40, quiet=True))
-    return out
-
-
-def cfg_for(data, runs, **kw):
-    base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
-                quiet=True, num_workers=1, device="cpu", pretrained="none")   # no network here
-    return resolve_train_config(None, **(base | kw))
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet50", "densenet121", "densenet161"])
