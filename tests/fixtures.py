@@ -1,10 +1,13 @@
 """Tiny datasets written in the real on-disk formats of each source."""
 from __future__ import annotations
 
+import contextlib
 import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -105,3 +108,17 @@ def cfg_for(data, runs, **kw):
     base = dict(data=str(data), runs=str(runs), epochs=1, batch_size=16, test_batch_size=16,
                 quiet=True, num_workers=1, device="cpu", pretrained="none")
     return resolve_train_config(None, **(base | kw))
+
+
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    """A tmpfs mounted at `path` (e.g. "size=3m" for a full disk, "ro,size=1m" for a read-only
+    one) for the duration; the test is skipped where mounting is not allowed."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

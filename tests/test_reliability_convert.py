@@ -9,7 +9,7 @@ import pytest
 
 from converters.convert import ConvertConfig, convert
 from converters.output import MARKER, clean
-from fixtures import write_imagefolder
+from fixtures import tmpfs, write_imagefolder
 from normfast.errors import NormfastError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,20 +224,13 @@ def test_a_failing_ffcv_worker_ends_the_conversion(tmp_path, monkeypatch, alarm)
 
 
 def test_a_full_disk_during_the_ffcv_write_is_one_error(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
+    with tmpfs(tmp_path / "small", "size=3m") as mnt:
         r = run_cli(["convert", "synthetic", "--limit", "600", "--format", "ffcv", "--out", str(mnt / "w")],
                     timeout=120)
         assert r.returncode == 1, r.stderr
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
         assert "train.beton: No space left on device" in r.stderr
         assert list(mnt.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def run_cli(args, timeout, **kw):

@@ -1,7 +1,6 @@
 """Source readers never change or drop a sample without a word (normfast issue 11)."""
 import os
 import pickle
-import subprocess
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from converters.convert import ConvertConfig, convert, stored_order
-from fixtures import rand_images, write_cifar10, write_imagefolder, write_svhn, write_tiny_imagenet
+from fixtures import tmpfs, rand_images, write_cifar10, write_imagefolder, write_svhn, write_tiny_imagenet
 from normfast.cli import main
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
@@ -134,16 +133,9 @@ def test_empty_format_is_refused(tmp_path):
 
 
 def test_read_only_out_is_one_error(tmp_path, monkeypatch):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
         r = CliRunner().invoke(main, ["convert", "synthetic", "--limit", "10", "--format", "dali", "--out",
                                       str(ro / "data")])
         assert r.exit_code == 1, r.output
         assert r.output.count("\n") == 1 and "Read-only file system" in r.output
         assert str(ro) in r.output and list(ro.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
