@@ -94,7 +94,7 @@ def main():
             rec |= loader_alone(ld, device, 4 * a.steps)
         print(json.dumps(rec), flush=True)
         records.append(rec)
-    step = TrainStep(a.model, len(manifest["classes"]), pretrained="none", device=device, amp=amp,
+    step = TrainStep(a.model, manifest.num_classes, pretrained="none", device=device, amp=amp,
                      compile=compile_mode, lr=1e-3, epochs=1, scheduler="none", seed=223,
                      static_batch_sizes=(a.batch_size,))
     step.train(True)

@@ -52,7 +52,7 @@ def check_replaceable(out: Path) -> None:
         raise NormfastError(f"{out}: exists and is not a converted dataset ({e}); --force replaces only "
                             "those (or an empty directory)") from None
     allowed = {MANIFEST, MARKER}
-    for f in m["files"]:
+    for f in m.files:
         parts = Path(f["path"]).parts
         allowed.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
     extra = []

@@ -122,13 +122,13 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     backend_names = parse_list(backends_, backends)
     for model in parse_list(models_, models):
         for compile_mode in compile_modes:
-            step = TrainStep(model, len(manifest["classes"]), pretrained="none", device=device, amp=amp,
+            step = TrainStep(model, manifest.num_classes, pretrained="none", device=device, amp=amp,
                              compile=compile_mode, lr=1e-3, epochs=1, scheduler="none", seed=223,
                              static_batch_sizes=(batch_size,))
             step.train(True)
             for backend in backend_names:
                 # full batches only: a partial batch would run eagerly (see TrainStep)
-                with build_loader(data_dir, "train", backend, batch_size, norm, augment=True, device=device,
+                with build_loader(manifest, "train", backend, batch_size, norm, augment=True, device=device,
                                   dtype=in_dtype, seed=223, shuffle=True, drop_last=True,
                                   num_workers=num_workers) as loader:
                     if len(loader) == 0:
@@ -136,7 +136,7 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
                     rec = _bench_one(step, loader, device, steps, warmup, repeats)
                 rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
                         "device": str(device), "amp": amp, "batch_size": batch_size,
-                        "image_shape": manifest["image_shape"]}
+                        "image_shape": list(manifest.image_shape)}
                 echo(f"{model:11s} {compile_mode:10s} {backend:9s} ceiling {rec['ceiling_images_per_second']:9.0f}  "
                      f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
                      f"data wait {rec['data_wait_fraction']:.0%}")

@@ -226,7 +226,7 @@ def train(config_file, **options):
     best = run(cfg)
     if not cfg.quiet:
         click.echo(f"best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
-                   f"run directory {cfg.run_dir(load_manifest(cfg.data)['name'])}")
+                   f"run directory {cfg.run_dir(load_manifest(cfg.data).name)}")
 
 
 @main.command()

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,13 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def val_split(manifest: dict, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+def val_split(manifest: Manifest, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(train indices, val indices) of the stored train split, both sorted: a seeded subset of
     round(fraction * n) samples (at least one) held out for validation; None when fraction is 0.
     A function of (n, fraction, seed) only, so every rank and a resumed run agree."""
     if not fraction:
         return None
-    n = manifest["splits"]["train"]["count"]
+    n = manifest.count("train")
     k = max(1, round(fraction * n))
     if k >= n:
         raise NormfastError(f"--val-fraction {fraction}: holds out {k} of the {n} train samples, "
@@ -53,7 +54,7 @@ def val_split(manifest: dict, fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.setdiff1d(np.arange(n), val), val
 
 
-def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> dict:
+def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> Manifest:
     """The manifest of a converted dataset, its types and shape checked (see `validate`).
     `splits`: those that must be present (verify and stats need train and test)."""
     data_dir = Path(data_dir)
@@ -70,7 +71,7 @@ def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) ->
     except (OSError, UnicodeDecodeError) as e:
         raise NormfastError(f"{path}: unreadable ({e})") from None
     validate(m, path, splits)
-    return m
+    return Manifest(data_dir, m)
 
 
 ENCODINGS = ("raw", "png", "jpg")
@@ -184,31 +185,111 @@ def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
                     "{shards: [...], indexes: [...]}" if fmt == "dali" else "{file: NAME}")
 
 
-def require_format(manifest: dict, data_dir: Path, fmt: str) -> dict:
-    """The manifest's entry for one format, or an error saying which convert to run."""
-    if fmt not in manifest["formats"]:
-        raise NormfastError(
-            f"{data_dir}: has no {fmt} files; run `normfast convert {manifest.get('source', 'SOURCE')} "
-            f"--src PATH --out {data_dir} --format {fmt} --force`")
-    return manifest["formats"][fmt]
+def files_identity(files: list[dict]) -> str:
+    """A hash of a dataset's files (path, size, sha256), independent of their listed order."""
+    rows = sorted((str(f.get("path")), int(f.get("size", -1)), str(f.get("sha256"))) for f in files)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def split_format(manifest: dict, data_dir: Path, split: str, fmt: str) -> dict:
-    """A split's entry for one format (shards, or the .beton), with the errors a user can meet."""
-    require_format(manifest, data_dir, fmt)
-    if split not in manifest["splits"]:
-        raise NormfastError(f"{data_dir}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
-    info = manifest["splits"][split].get("formats", {}).get(fmt)
-    if info is None:
-        raise NormfastError(f"{data_dir}: split {split!r} has no {fmt} files in manifest.json")
-    return info
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A converted dataset's manifest.json, validated once by `load_manifest`; readers use
+    these accessors instead of indexing the JSON. `raw` is the parsed JSON itself, for
+    writers and `verify` that need every key: treat it as read-only."""
+    root: Path
+    raw: dict
 
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
 
-def beton_path(data_dir, manifest: dict, split: str) -> Path:
-    """A split's FFCV .beton, checked to exist (readers need no FFCV import to find it)."""
-    root = Path(data_dir)
-    info = split_format(manifest, root, split, "ffcv")
-    path = root / manifest["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
-    if not path.is_file():
-        raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
-    return path
+    @property
+    def source(self) -> str:
+        return self.raw.get("source", "SOURCE")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.raw["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.raw["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.raw["image_shape"])
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split names, in manifest order."""
+        return tuple(self.raw["splits"])
+
+    def _split(self, split: str) -> dict:
+        if split not in self.raw["splits"]:
+            raise NormfastError(f"{self.root}: no split {split!r}; valid: {', '.join(self.raw['splits'])}")
+        return self.raw["splits"][split]
+
+    def count(self, split: str) -> int:
+        return self._split(split)["count"]
+
+    def class_counts(self, split: str) -> tuple[int, ...]:
+        return tuple(self._split(split)["class_counts"])
+
+    @property
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel of the train split, in [0, 1] pixel units."""
+        return tuple(self.raw["stats"]["mean"]), tuple(self.raw["stats"]["std"])
+
+    @property
+    def encoding(self) -> str:
+        return self.raw["encoding"]
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(self.raw["formats"])
+
+    @property
+    def files(self) -> tuple[dict, ...]:
+        """{path, size, sha256} of every data file, paths relative to `root`."""
+        return tuple(self.raw["files"])
+
+    @property
+    def identity(self) -> str:
+        """A hash of the converted dataset's files: two datasets with the same name but
+        different contents get different identities."""
+        return files_identity(self.raw["files"])
+
+    def require_format(self, fmt: str) -> dict:
+        """The manifest's entry for one format, or an error saying which convert to run."""
+        if fmt not in self.raw["formats"]:
+            raise NormfastError(
+                f"{self.root}: has no {fmt} files; run `normfast convert {self.source} "
+                f"--src PATH --out {self.root} --format {fmt} --force`")
+        return self.raw["formats"][fmt]
+
+    def split_format(self, split: str, fmt: str) -> dict:
+        """A split's entry for one format (shards, or the .beton), with the errors a user can meet."""
+        self.require_format(fmt)
+        info = self._split(split).get("formats", {}).get(fmt)
+        if info is None:
+            raise NormfastError(f"{self.root}: split {split!r} has no {fmt} files in manifest.json")
+        return info
+
+    def beton(self, split: str) -> Path:
+        """A split's FFCV .beton, checked to exist (readers need no FFCV import to find it)."""
+        info = self.split_format(split, "ffcv")
+        path = self.root / self.raw["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
+        if not path.is_file():
+            raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
+        return path
+
+    def shards(self, split: str) -> tuple[list[Path], list[Path], str]:
+        """(tar paths, index paths, image encoding) of a split's webdataset shards, all present."""
+        info = self.split_format(split, "dali")
+        encoding = self.raw["formats"]["dali"]["image_encoding"]
+        paths = [self.root / "dali" / s for s in info["shards"]]
+        indexes = [self.root / "dali" / s for s in info["indexes"]]
+        for p in paths + indexes:
+            if not p.is_file():
+                raise NormfastError(f"{p}: missing (listed in manifest.json); re-run `normfast convert`")
+        return paths, indexes, encoding

@@ -22,6 +22,7 @@ import numpy as np
 from normfast.augment import PAD
 from normfast.configs import IMAGENET_MEAN, IMAGENET_STD, reference_stats
 from normfast.errors import NormfastError
+from normfast.manifest import Manifest
 from normfast.registry import Registry
 
 SETTINGS = ("finetune", "pretrain", "instance", "minmax")
@@ -54,7 +55,7 @@ class NormSpec:
         return 1.0 / (255.0 * std), -np.asarray(self.mean, dtype=np.float64) / std
 
 
-def resolve_norm(setting: str, manifest: dict | None = None, stats: str = "manifest",
+def resolve_norm(setting: str, manifest: Manifest | None = None, stats: str = "manifest",
                  weights=None) -> NormSpec:
     """Turn a setting name into a NormSpec.
 
@@ -75,15 +76,15 @@ def resolve_norm(setting: str, manifest: dict | None = None, stats: str = "manif
     if manifest is None:
         raise NormfastError("finetune normalization needs the dataset's manifest.json")
     if stats == "reference":
-        ref = reference_stats(manifest["name"])
+        ref = reference_stats(manifest.name)
         if ref is None:
             raise NormfastError(
-                f"no published reference statistics for dataset {manifest['name']!r}; "
+                f"no published reference statistics for dataset {manifest.name!r}; "
                 "use --stats manifest")
         return NormSpec(setting, tuple(ref[0]), tuple(ref[1]), "reference")
-    mean, std = manifest["stats"]["mean"], manifest["stats"]["std"]
+    mean, std = manifest.stats
     if min(std) <= 0:
-        raise NormfastError(f"dataset {manifest['name']!r}: a channel has zero std in manifest")
+        raise NormfastError(f"dataset {manifest.name!r}: a channel has zero std in manifest")
     return NormSpec(setting, tuple(mean), tuple(std), "manifest")
 
 

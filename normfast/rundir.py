@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -98,14 +97,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:          # alive, owned by someone else
         return True
     return True
-
-
-def dataset_identity(manifest: dict) -> str:
-    """A hash of the converted dataset's files (path, size, sha256 from manifest.json): two
-    datasets with the same name but different contents get different identities."""
-    files = sorted((str(f.get("path")), int(f.get("size", -1)), str(f.get("sha256")))
-                   for f in manifest.get("files", []))
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
 
 
 class RunDir:
@@ -383,4 +374,4 @@ def _metrics_row_problem(row) -> str | None:
     return None
 
 
-__all__ = ["RunDir", "write_atomic", "dataset_identity"]
+__all__ = ["RunDir", "write_atomic"]

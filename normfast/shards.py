@@ -12,25 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from normfast.errors import NormfastError
-from normfast.manifest import split_format
+from normfast.manifest import Manifest
 
 
 ENCODINGS = ("raw", "png", "jpg")   # also the image member's extension in the tar
-
-
-def shard_files(data_dir, manifest: dict, split: str) -> tuple[list[Path], list[Path], str]:
-    """(tar paths, index paths, image encoding) of a split's webdataset shards, all present."""
-    root = Path(data_dir)
-    info = split_format(manifest, root, split, "dali")
-    encoding = manifest["formats"]["dali"]["image_encoding"]
-    if encoding not in ENCODINGS:
-        raise NormfastError(f"{root}: unknown dali image encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
-    paths = [root / "dali" / s for s in info["shards"]]
-    indexes = [root / "dali" / s for s in info["indexes"]]
-    for p in paths + indexes:
-        if not p.is_file():
-            raise NormfastError(f"{p}: missing (listed in manifest.json); re-run `normfast convert`")
-    return paths, indexes, encoding
 
 
 def parse_dali_index(path: Path) -> list[dict]:
@@ -59,9 +44,9 @@ def decode_bytes(data: bytes, encoding: str, shape) -> np.ndarray:
 class ShardReader:
     """Indexed access to one split: reader[i] -> (uint8 HxWx3, int label), in stored order."""
 
-    def __init__(self, data_dir: Path, manifest: dict, split: str):
-        self.shards, indexes, self.encoding = shard_files(data_dir, manifest, split)
-        self.shape = tuple(manifest["image_shape"])
+    def __init__(self, manifest: Manifest, split: str):
+        self.shards, indexes, self.encoding = manifest.shards(split)
+        self.shape = manifest.image_shape
         self.locations = []   # (shard index, image offset, size, label offset)
         for k, idx in enumerate(indexes):
             for s in parse_dali_index(idx):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from normfast.configs import reference_stats
-from normfast.manifest import load_manifest
+from normfast.manifest import Manifest, load_manifest
 from normfast.normalization import SETTINGS, reference_normalize, resolve_norm
 
 
@@ -38,24 +38,23 @@ class ChannelStats:
         return mean, [float(np.sqrt(v)) / 255.0 for v in var]
 
 
-def after_normalization(data_dir: Path, manifest: dict, batch_size: int = 1024) -> dict:
-    mean = np.asarray(manifest["stats"]["mean"])
-    std = np.asarray(manifest["stats"]["std"])
+def after_normalization(manifest: Manifest, batch_size: int = 1024) -> dict:
+    mean, std = (np.asarray(v) for v in manifest.stats)
     out = {}
     for setting in SETTINGS:
         spec = resolve_norm(setting, manifest)
         if spec.per_image:
-            out[setting] = _streamed_stats(data_dir, manifest, spec, batch_size)
+            out[setting] = _streamed_stats(manifest, spec, batch_size)
         else:
             m, s = np.asarray(spec.mean), np.asarray(spec.std)
             out[setting] = {"mean": ((mean - m) / s).tolist(), "std": (std / s).tolist()}
     return out
 
 
-def _streamed_stats(data_dir: Path, manifest: dict, spec, batch_size: int) -> dict:
+def _streamed_stats(manifest: Manifest, spec, batch_size: int) -> dict:
     from normfast.readback import iter_split
     n, s1, s2 = 0, np.zeros(3), np.zeros(3)
-    for images, _ in iter_split(data_dir, manifest, "train", batch_size):
+    for images, _ in iter_split(manifest, "train", batch_size):
         y = reference_normalize(images, spec)             # float64 NCHW
         n += y.shape[0] * y.shape[2] * y.shape[3]
         s1 += y.sum(axis=(0, 2, 3))
@@ -65,18 +64,18 @@ def _streamed_stats(data_dir: Path, manifest: dict, spec, batch_size: int) -> di
 
 
 def table1(data_dir: str | Path) -> dict:
-    data_dir = Path(data_dir)
     manifest = load_manifest(data_dir, splits=("train", "test"))
-    ref = reference_stats(manifest["name"])
+    ref = reference_stats(manifest.name)
+    mean, std = manifest.stats
     return {
-        "dataset": manifest["name"],
-        "train_count": manifest["splits"]["train"]["count"],
-        "test_count": manifest["splits"]["test"]["count"],
-        "classes": len(manifest["classes"]),
-        "image_shape": manifest["image_shape"],
-        "computed": {"mean": manifest["stats"]["mean"], "std": manifest["stats"]["std"]},
+        "dataset": manifest.name,
+        "train_count": manifest.count("train"),
+        "test_count": manifest.count("test"),
+        "classes": manifest.num_classes,
+        "image_shape": list(manifest.image_shape),
+        "computed": {"mean": list(mean), "std": list(std)},
         "reference": None if ref is None else {"mean": list(ref[0]), "std": list(ref[1])},
-        "after": after_normalization(data_dir, manifest),
+        "after": after_normalization(manifest),
     }
 
 

@@ -119,14 +119,14 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
         label = f"[{k}/{len(runs)}] {r.dataset} {r.run_name}"
         try:
             manifest = load_manifest(data_root / r.dataset)
-            r.run_name = resolve_run_name(Path(runs_root) / manifest["name"], r)
+            r.run_name = resolve_run_name(Path(runs_root) / manifest.name, r)
             label = f"[{k}/{len(runs)}] {r.dataset} {r.run_name}"
             cfg = resolve_train_config(
                 None, layers=[(f"{grid_path}: train", grid.get("train") or {})],
                 **((overrides or {}) |
                    dict(data=str(data_root / r.dataset), model=r.model, norm=r.norm, backend=r.backend,
                         seed=r.seed, runs=runs_root, run_name=r.run_name)))
-            run_dir = cfg.run_dir(manifest["name"])
+            run_dir = cfg.run_dir(manifest.name)
             if RunDir(run_dir).finished(cfg.epochs):
                 row["status"] = "done before"
             elif dry_run:

@@ -26,7 +26,7 @@ from normfast.normalization import resolve_norm
 from normfast.precision import AMP_DTYPES, input_dtype, resolve_amp
 from normfast.progress import progress_bar
 from normfast.provenance import provenance
-from normfast.rundir import BEST_CKPT, LAST, RunDir, dataset_identity
+from normfast.rundir import BEST_CKPT, LAST, RunDir
 from normfast.tracking import Tracker, make_tracker
 
 loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
@@ -119,14 +119,14 @@ class Trainer:
         if cfg.compile == "cudagraphs" and self.device.type != "cuda":
             raise NormfastError("--compile cudagraphs needs a CUDA device")
         self.manifest = load_manifest(cfg.data)
-        self.dataset = self.manifest["name"]
+        self.dataset = self.manifest.name
         self.run_dir = cfg.run_dir(self.dataset)
         self.in_dtype = input_dtype(self.amp)
 
     # ------------------------------------------------------------------ set-up
     def build(self):
         cfg = self.cfg
-        self.step = TrainStep(cfg.model, len(self.manifest["classes"]), pretrained=cfg.pretrained,
+        self.step = TrainStep(cfg.model, self.manifest.num_classes, pretrained=cfg.pretrained,
                               device=self.device, amp=self.amp, compile=cfg.compile, lr=cfg.lr,
                               epochs=cfg.epochs, scheduler=cfg.scheduler, seed=cfg.seed, dist=self.dist,
                               static_batch_sizes=(self.batch_size, self.test_batch_size))
@@ -138,14 +138,14 @@ class Trainer:
                       seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size,
                       stats=cfg.stats, num_workers=cfg.num_workers)
         held_out = val_split(self.manifest, cfg.val_fraction, cfg.seed)
-        self.train_loader = build_loader(cfg.data, "train", batch_size=self.batch_size, augment=True,
+        self.train_loader = build_loader(self.manifest, "train", batch_size=self.batch_size, augment=True,
                                          shuffle=True, drop_last=False,
                                          subset=held_out[0] if held_out else None, **common)
-        self.test_loader = build_loader(cfg.data, "test", batch_size=self.test_batch_size, augment=False,
+        self.test_loader = build_loader(self.manifest, "test", batch_size=self.test_batch_size, augment=False,
                                         shuffle=False, drop_last=False, **common)
         self.val_loader = None
         if held_out:     # evaluated like test: no augmentation, stored order
-            self.val_loader = build_loader(cfg.data, "train", batch_size=self.test_batch_size, augment=False,
+            self.val_loader = build_loader(self.manifest, "train", batch_size=self.test_batch_size, augment=False,
                                            shuffle=False, drop_last=False, subset=held_out[1], **common)
 
     def close(self) -> None:
@@ -234,7 +234,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train (or, with --resume, continue) the run; the run directory is locked meanwhile."""
         cfg, run = self.cfg, RunDir(self.run_dir)
-        identity = dataset_identity(self.manifest)
+        identity = self.manifest.identity
         with run:
             refusal = None
             if self.dist.main:               # under DDP only rank 0 locks and writes the run directory

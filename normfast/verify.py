@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from normfast.errors import NormfastError
-from normfast.manifest import MANIFEST, beton_path, load_manifest, sha256_file
+from normfast.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from normfast.shards import ShardReader, parse_dali_index
 
 # Stored statistics are computed from exact integer sums, as here: they agree to rounding.
@@ -23,9 +23,10 @@ from normfast.shards import ShardReader, parse_dali_index
 STATS_ATOL = {"lossless": 1e-9, "jpg": 0.02}
 
 
-def check_files(data_dir: Path, manifest: dict) -> int:
-    listed = {f["path"] for f in manifest["files"]}
-    for f in manifest["files"]:
+def check_files(manifest: Manifest) -> int:
+    data_dir = manifest.root
+    listed = {f["path"] for f in manifest.files}
+    for f in manifest.files:
         p = data_dir / f["path"]
         if not p.is_file():
             raise NormfastError(f"{p}: listed in the manifest but missing")
@@ -42,15 +43,17 @@ def check_files(data_dir: Path, manifest: dict) -> int:
     return len(listed)
 
 
-def check_contents(data_dir: Path, m: dict) -> str:
+def check_contents(m: Manifest) -> str:
     """Recompute from the stored data what the manifest says about it: per split the count,
     the per-class counts and the label range; for train the per-channel mean/std."""
     from normfast.readback import iter_split
     from normfast.stats import ChannelStats
-    path, k = data_dir / MANIFEST, len(m["classes"])
-    for split, info in m["splits"].items():
+    data_dir = m.root
+    path, k = data_dir / MANIFEST, m.num_classes
+    for split in m.splits:
         counts, stats = np.zeros(0, np.int64), ChannelStats() if split == "train" else None
-        for x, y in iter_split(data_dir, m, split):
+        want_count, want_counts = m.count(split), list(m.class_counts(split))
+        for x, y in iter_split(m, split):
             if y.size and (y.min() < 0 or y.max() >= k):
                 bad = int(y.min() if y.min() < 0 else y.max())
                 raise NormfastError(f"{data_dir}: {split} holds label {bad} but {MANIFEST} lists {k} classes")
@@ -58,26 +61,26 @@ def check_contents(data_dir: Path, m: dict) -> str:
             if stats is not None:
                 stats.add(x)
         n = int(counts.sum())
-        if n != info["count"]:
-            raise NormfastError(f"{path}: splits.{split}.count is {info['count']}, the data holds {n} samples")
-        if counts.tolist() != info["class_counts"]:
-            c = int(np.flatnonzero(counts != np.asarray(info["class_counts"]))[0])
-            raise NormfastError(f"{path}: splits.{split}.class_counts[{c}] ({m['classes'][c]}) is "
-                                f"{info['class_counts'][c]}, the stored labels give {int(counts[c])}")
+        if n != want_count:
+            raise NormfastError(f"{path}: splits.{split}.count is {want_count}, the data holds {n} samples")
+        if counts.tolist() != want_counts:
+            c = int(np.flatnonzero(counts != np.asarray(want_counts))[0])
+            raise NormfastError(f"{path}: splits.{split}.class_counts[{c}] ({m.classes[c]}) is "
+                                f"{want_counts[c]}, the stored labels give {int(counts[c])}")
         if stats is not None:
-            lossy = m["encoding"] == "jpg"
+            lossy = m.encoding == "jpg"
             atol = STATS_ATOL["jpg" if lossy else "lossless"]
             mean, std = stats.mean_std()
-            for key, got in (("mean", mean), ("std", std)):
-                want = m["stats"][key]
+            for key, want, got in zip(("mean", "std"), m.stats, (mean, std)):
                 if not np.allclose(want, got, rtol=0, atol=atol):
                     raise NormfastError(
                         f"{path}: stats.{key} is {_fmt(want)}, the train split's stored pixels give "
                         f"{_fmt(got)}{' (jpg is lossy; tolerance ' + str(atol) + ')' if lossy else ''}")
-            if "pixels" in m["stats"] and m["stats"]["pixels"] != stats.n:
-                raise NormfastError(f"{path}: stats.pixels is {m['stats']['pixels']}, the train split "
+            pixels = m.raw["stats"].get("pixels")     # optional; older manifests lack it
+            if pixels is not None and pixels != stats.n:
+                raise NormfastError(f"{path}: stats.pixels is {pixels}, the train split "
                                     f"holds {stats.n}")
-    return (f"manifest: counts, class counts and labels of {', '.join(m['splits'])} and the train "
+    return (f"manifest: counts, class counts and labels of {', '.join(m.splits)} and the train "
             f"mean/std match the stored data")
 
 
@@ -102,33 +105,33 @@ def verify(data_dir: str | Path, samples: int = 512):
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise NormfastError(f"--samples {samples}: must be at least 1")
     m = load_manifest(data_dir, splits=("train", "test"))
-    yield f"files: {check_files(data_dir, m)} files match sizes and sha256, and nothing else is there"
-    yield check_contents(data_dir, m)
-    lossless = m["encoding"] != "jpg"
-    shape = tuple(m["image_shape"])
-    for split, info in m["splits"].items():
-        count, seen = info["count"], {}
-        if "dali" in m["formats"]:
-            n = sum(len(parse_dali_index(data_dir / "dali" / i)) for i in info["formats"]["dali"]["indexes"])
+    yield f"files: {check_files(m)} files match sizes and sha256, and nothing else is there"
+    yield check_contents(m)
+    lossless = m.encoding != "jpg"
+    shape = m.image_shape
+    for split in m.splits:
+        count, seen = m.count(split), {}
+        if "dali" in m.formats:
+            n = sum(len(parse_dali_index(i)) for i in m.shards(split)[1])
             if n != count:
                 raise NormfastError(f"{data_dir / 'dali'}: {split} shards hold {n} samples, manifest says {count}")
             from normfast.loaders.dali_backend import dali_uint8_batches
-            seen["dali"] = first_n(dali_uint8_batches(data_dir, m, split, 256), samples)
-            seen["plain"] = first_n(ShardReader(data_dir, m, split).batches(256), samples)
-        if "ffcv" in m["formats"]:
+            seen["dali"] = first_n(dali_uint8_batches(m, split, 256), samples)
+            seen["plain"] = first_n(ShardReader(m, split).batches(256), samples)
+        if "ffcv" in m.formats:
             from ffcv.reader import Reader
-            path = beton_path(data_dir, m, split)
+            path = m.beton(split)
             n = Reader(str(path)).num_samples
             if n != count:
                 raise NormfastError(f"{path}: holds {n} samples, manifest says {count}")
             from normfast.readback import iter_ffcv
-            seen["ffcv"] = first_n(iter_ffcv(data_dir, split, 256), samples)
+            seen["ffcv"] = first_n(iter_ffcv(m, split, 256), samples)
         k = min(samples, count)
         for name, (x, y) in seen.items():
             if x.shape != (k,) + shape:
                 raise NormfastError(f"{data_dir}: {split} read through {name} has shape {x.shape[1:]}, "
                                     f"expected {shape}")
-            if y.min() < 0 or y.max() >= len(m["classes"]):
+            if y.min() < 0 or y.max() >= m.num_classes:
                 raise NormfastError(f"{data_dir}: {split} read through {name} has a label out of range")
         names = list(seen)
         for a, b in zip(names, names[1:]):

@@ -87,7 +87,7 @@ def edge_images() -> np.ndarray:
 
 
 def stored(data_dir, split="train"):
-    reader = ShardReader(data_dir, load_manifest(data_dir), split)
+    reader = ShardReader(load_manifest(data_dir), split)
     images, labels = zip(*reader.batches(4096))
     return np.concatenate(images), np.concatenate(labels)
 

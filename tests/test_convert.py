@@ -20,10 +20,10 @@ from normfast.shards import ShardReader
 def read_all(out, split, fmt="dali"):
     m = load_manifest(out)
     if fmt == "dali":
-        xs, ys = zip(*ShardReader(out, m, split).batches(10_000))
+        xs, ys = zip(*ShardReader(m, split).batches(10_000))
     else:
         from normfast.readback import iter_ffcv
-        xs, ys = zip(*iter_ffcv(out, split, 10_000))
+        xs, ys = zip(*iter_ffcv(m, split, 10_000))
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -61,7 +61,7 @@ def test_cifar100_and_svhn(tmp_path):
     x, y = read_all(tmp_path / "o1", "train")
     np.testing.assert_array_equal(x, tx)
     np.testing.assert_array_equal(y, ty)
-    assert len(load_manifest(tmp_path / "o1")["classes"]) == 100
+    assert load_manifest(tmp_path / "o1").num_classes == 100
 
     sx, sy, svx, svy = write_svhn(tmp_path / "svhn")
     convert(ConvertConfig("svhn", tmp_path / "o2", tmp_path / "svhn", formats=("dali",), quiet=True))
@@ -231,7 +231,7 @@ def test_stats_cli(synthetic_dir):
     # instance: every image-channel has mean 0 and unbiased std 1 -> population std sqrt((n-1)/n)
     np.testing.assert_allclose(t["after"]["instance"]["mean"], 0, atol=1e-9)
     np.testing.assert_allclose(t["after"]["instance"]["std"], np.sqrt(1023 / 1024), atol=1e-9)
-    x = np.concatenate([b for b, _ in iter_split(synthetic_dir, load_manifest(synthetic_dir), "train")])
+    x = np.concatenate([b for b, _ in iter_split(load_manifest(synthetic_dir), "train")])
     np.testing.assert_allclose(t["after"]["minmax"]["mean"], (x / 255.0).mean(axis=(0, 1, 2)), atol=1e-6)
     assert "Table 1" in CliRunner().invoke(main, ["stats", str(synthetic_dir)]).output
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def stored_labels(data):
-    return np.concatenate([y for _, y in ShardReader(data, load_manifest(data), "train").batches(4096)])
+    return np.concatenate([y for _, y in ShardReader(load_manifest(data), "train").batches(4096)])
 
 
 def test_ddp_ranks_see_every_class_and_cover_the_split(tmp_path):

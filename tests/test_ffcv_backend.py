@@ -98,9 +98,10 @@ def test_uint8_readback(edge, synthetic):
     y = torch.cat([b[1] for b in dropped])
     assert len(dropped) == 8 and y.tolist() == epoch_order(EDGE_N, 1, 0, True)[:56].tolist()
 
+    from normfast.manifest import load_manifest
     from normfast.readback import iter_ffcv
     images, labels = stored(synthetic)
-    got = list(iter_ffcv(synthetic, "train", 256))
+    got = list(iter_ffcv(load_manifest(synthetic), "train", 256))
     assert np.array_equal(np.concatenate([b[0] for b in got]), images)
     assert np.array_equal(np.concatenate([b[1] for b in got]), labels)
 

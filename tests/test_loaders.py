@@ -223,7 +223,7 @@ def test_uint8_readback(edge, synthetic):
     from normfast.loaders.dali_backend import dali_uint8_batches
     for data_dir in (edge, synthetic):
         images, labels = stored(data_dir)
-        batches = list(dali_uint8_batches(data_dir, load_manifest(data_dir), "train", 50))
+        batches = list(dali_uint8_batches(load_manifest(data_dir), "train", 50))
         assert all(b[0].dtype == np.uint8 and b[1].dtype == np.int64 for b in batches)
         assert np.array_equal(np.concatenate([b[0] for b in batches]), images)
         assert np.array_equal(np.concatenate([b[1] for b in batches]), labels)

@@ -27,7 +27,7 @@ def write_grouped(root, per_class=20, test_per_class=4):
 
 
 def read(out, split):
-    reader = ShardReader(out, load_manifest(out, splits=(split,)), split)
+    reader = ShardReader(load_manifest(out, splits=(split,)), split)
     images, labels = zip(*reader.batches(4096))
     return np.concatenate(images), np.concatenate(labels)
 

@@ -28,7 +28,7 @@ def refused(tmp_path, match, source, src, **kw):
 
 
 def stored(out, split="train"):
-    xs, ys = zip(*ShardReader(out, load_manifest(out), split).batches(10_000))
+    xs, ys = zip(*ShardReader(load_manifest(out), split).batches(10_000))
     return np.concatenate(xs), np.concatenate(ys)
 
 

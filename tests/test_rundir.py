@@ -12,7 +12,7 @@ import torch
 
 import normfast.rundir as rundir_mod
 from normfast.errors import NormfastError
-from normfast.rundir import RunDir, dataset_identity, write_atomic
+from normfast.rundir import RunDir, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ | {"PYTHONPATH": str(ROOT)}
@@ -175,14 +175,6 @@ def test_unreadable_checkpoint_is_one_error(tmp_path, content):
     torch.save({"weights": 1}, run.last_checkpoint)
     with pytest.raises(NormfastError, match="last.pt: not a normfast checkpoint"):
         run.load_checkpoint()
-
-
-def test_dataset_identity_follows_the_files():
-    a = {"files": [{"path": "ffcv/train.beton", "size": 10, "sha256": "aa"},
-                   {"path": "dali/train-00000.tar", "size": 5, "sha256": "bb"}]}
-    b = {"files": list(reversed(a["files"]))}
-    c = {"files": [a["files"][0], {"path": "dali/train-00000.tar", "size": 5, "sha256": "cc"}]}
-    assert dataset_identity(a) == dataset_identity(b) != dataset_identity(c)
 
 
 # ---------------------------------------------------------------- lock and leftovers

@@ -37,7 +37,7 @@ import torch
 from normfast.augment import draw_augmentation
 from normfast.device import resolve_device
 from normfast.errors import NormfastError
-from normfast.manifest import load_manifest
+from normfast.manifest import Manifest, load_manifest
 from normfast.normalization import NormSpec, resolve_norm
 from normfast.ops import keep_torch_threads
 from normfast.precision import resolve_dtype
@@ -57,8 +57,7 @@ for _name in BACKENDS:
 @dataclass
 class LoaderConfig:
     """Everything a backend needs, resolved and checked once."""
-    data_dir: Path
-    manifest: dict
+    manifest: Manifest
     split: str
     batch_size: int
     spec: NormSpec
@@ -75,8 +74,12 @@ class LoaderConfig:
     subset: np.ndarray | None = None      # stored indices this loader reads (None: all)
 
     @property
+    def data_dir(self) -> Path:
+        return self.manifest.root
+
+    @property
     def count(self) -> int:
-        return self.manifest["splits"][self.split]["count"]
+        return self.manifest.count(self.split)
 
     @property
     def n(self) -> int:
@@ -85,7 +88,7 @@ class LoaderConfig:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["image_shape"])
+        return self.manifest.image_shape
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -122,26 +125,26 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.default_rng([seed, epoch, rank, 7919]).integers(2 ** 62))
 
 
-def build_loader(data_dir, split: str, backend: str, batch_size: int, norm, augment: bool,
+def build_loader(data, split: str, backend: str, batch_size: int, norm, augment: bool,
                  device=None, dtype="float32", seed: int = 0, shuffle: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
                  stats: str = "manifest", num_workers: int = 2, subset=None, **extra):
-    """Build a backend's loader for one split. See the module docstring for the contract."""
+    """Build a backend's loader for one split. See the module docstring for the contract.
+    `data`: a loaded Manifest (a trainer's loaders share one), or a dataset directory."""
     backends.get(backend)
-    manifest = load_manifest(data_dir)
-    if split not in manifest["splits"]:
-        raise NormfastError(f"{data_dir}: no split {split!r}; valid: {', '.join(manifest['splits'])}")
+    manifest = data if isinstance(data, Manifest) else load_manifest(data)
+    data_dir = manifest.root
+    count = manifest.count(split)       # an unknown split: an error listing the valid ones
     if batch_size < 1:
         raise NormfastError(f"batch size {batch_size}: must be at least 1")
     if not 0 <= rank < world_size:
         raise NormfastError(f"rank {rank} is not in 0..{world_size - 1}")
     if subset is not None:
         subset = np.asarray(subset, dtype=np.int64)
-        count = manifest["splits"][split]["count"]
         if len(subset) and (subset.min() < 0 or subset.max() >= count or (np.diff(subset) <= 0).any()):
             raise NormfastError(f"{data_dir}: subset of {split} must be sorted distinct indices in 0..{count - 1}")
     spec = norm if isinstance(norm, NormSpec) else resolve_norm(norm, manifest, stats)
-    cfg = LoaderConfig(Path(data_dir), manifest, split, batch_size, spec, augment,
+    cfg = LoaderConfig(manifest, split, batch_size, spec, augment,
                        resolve_device(device), resolve_dtype(dtype), seed, shuffle, drop_last,
                        rank, world_size, num_workers, extra, subset)
     module, package, install = BACKENDS[backend]

@@ -43,7 +43,8 @@ from nvidia.dali import Pipeline, fn, types
 from normfast.augment import PAD
 from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig
-from normfast.shards import ShardReader, shard_files
+from normfast.manifest import Manifest
+from normfast.shards import ShardReader
 
 PREFETCH = 2      # pipeline iterations in flight (extra["dali_prefetch"] overrides)
 
@@ -220,7 +221,7 @@ def shutdown(pipe: Pipeline | None) -> None:
 class DaliLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
-        self.samples = ShardSamples(ShardReader(cfg.data_dir, cfg.manifest, cfg.split))
+        self.samples = ShardSamples(ShardReader(cfg.manifest, cfg.split))
         if self.samples.n != cfg.count:
             raise NormfastError(f"{cfg.data_dir}: the {cfg.split} shards hold {self.samples.n} samples, "
                                 f"manifest.json says {cfg.count}")
@@ -292,18 +293,18 @@ def make_loader(cfg: LoaderConfig) -> DaliLoader:
     return DaliLoader(cfg)
 
 
-def dali_uint8_batches(data_dir, manifest: dict, split: str, batch_size: int, num_threads: int = 2):
+def dali_uint8_batches(manifest: Manifest, split: str, batch_size: int, num_threads: int = 2):
     """A split read back through DALI's own webdataset reader on the CPU, in stored order,
     without augmentation or normalization: yields (uint8 NHWC numpy, int64 labels numpy)
     batches (used by verify)."""
-    paths, indexes, encoding = shard_files(data_dir, manifest, split)
-    count_ = manifest["splits"][split]["count"]
-    pipe = build_pipeline(encoding, tuple(manifest["image_shape"]), batch_size, num_threads=num_threads,
+    paths, indexes, encoding = manifest.shards(split)
+    count_ = manifest.count(split)
+    pipe = build_pipeline(encoding, manifest.image_shape, batch_size, num_threads=num_threads,
                           device_id=None, reader={"paths": paths, "indexes": indexes})
     try:
         n = pipe.reader_meta("Reader")["epoch_size"]   # epoch_size() counts the padding
         if n != count_:
-            raise NormfastError(f"{data_dir}: DALI reads {n} {split} samples, manifest.json says {count_}")
+            raise NormfastError(f"{manifest.root}: DALI reads {n} {split} samples, manifest.json says {count_}")
         for b in range(0, count_, batch_size):
             images, labels = pipe.run()
             k = min(batch_size, count_ - b)

@@ -47,7 +47,6 @@ import torch
 
 from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, to_device
-from normfast.manifest import beton_path
 from normfast.augment import PAD
 from normfast.ops import BatchTransform, keep_torch_threads
 
@@ -222,7 +221,7 @@ def augment_mode(cfg: LoaderConfig) -> str:
 class FfcvLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
-        self.path = beton_path(cfg.data_dir, cfg.manifest, cfg.split)
+        self.path = cfg.manifest.beton(cfg.split)
         self.device = cfg.device
         if cfg.device.type == "cuda" and cfg.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())

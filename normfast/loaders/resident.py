@@ -22,7 +22,7 @@ class ResidentLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         images, labels = [], []
-        for x, y in iter_split(cfg.data_dir, cfg.manifest, cfg.split, batch_size=4096):
+        for x, y in iter_split(cfg.manifest, cfg.split, batch_size=4096):
             images.append(torch.from_numpy(x).to(cfg.device))
             labels.append(torch.from_numpy(y).to(cfg.device))
         self.images = torch.cat(images)          # uint8 NHWC on the device

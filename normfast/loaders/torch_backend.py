@@ -63,7 +63,7 @@ class TorchLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         h, w, _ = cfg.image_shape
-        reader = ShardReader(cfg.data_dir, cfg.manifest, cfg.split)
+        reader = ShardReader(cfg.manifest, cfg.split)
         self.dataset = ShardDataset(reader, seed_transforms(cfg.spec, (h, w), cfg.augment))
 
     def iter_epoch(self, epoch: int):
