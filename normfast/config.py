@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from normfast.configs import CONFIG_DIR, load_yaml
+from normfast.configfiles import CONFIG_DIR, load_yaml
 from normfast.errors import NormfastError
 from normfast.precision import AMP_NAMES, amp_name
 

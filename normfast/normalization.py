@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from normfast.augment import PAD
-from normfast.configs import IMAGENET_MEAN, IMAGENET_STD, reference_stats
+from normfast.configfiles import IMAGENET_MEAN, IMAGENET_STD, reference_stats
 from normfast.errors import NormfastError
 from normfast.registry import Registry
 
