@@ -102,6 +102,7 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     """Per model x compile mode, one TrainStep (one compilation); per backend, its loader is
     built, measured against that step's ceiling in alternating repeats, and closed."""
     from normfast.manifest import load_manifest
+    from normfast import recipe
     from normfast.models import models
     from normfast.precision import input_dtype, resolve_amp
     from normfast.train import TrainStep
@@ -114,10 +115,10 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     in_dtype = input_dtype(amp)
     compile_modes = [c.strip() for c in compiles.split(",") if c.strip()]
     for c in compile_modes:
-        if c not in COMPILE_MODES:
-            raise NormfastError(f"--compile {c!r}: valid: {', '.join(COMPILE_MODES)}")
-        if c == "cudagraphs" and device.type != "cuda":
-            raise NormfastError("--compile cudagraphs needs a CUDA device")
+        if c not in recipe.compile_modes:
+            raise NormfastError(f"--compile {c!r}: valid: {', '.join(recipe.compile_modes.names())}")
+        if recipe.compile_modes.get(c).cuda_graphs and device.type != "cuda":
+            raise NormfastError(f"--compile {c} needs a CUDA device")
     records = []
     backend_names = parse_list(backends_, backends)
     for model in parse_list(models_, models):
@@ -144,8 +145,6 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
             del step
     return records
 
-
-COMPILE_MODES = ("none", "default", "cudagraphs")
 
 
 def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> dict:

@@ -4,6 +4,7 @@ User mistakes raise NormfastError and end here as one line on stderr with exit s
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -101,6 +102,34 @@ def _check_output_dir(option: str, path: Path) -> None:
             break
 
 
+class Names(click.Choice):
+    """click.Choice over a registry's names ("module:attribute", or a tuple attribute such as
+    precision's AMP_NAMES), read when first needed: the registries' modules import torch, which
+    `normfast --version` and the other verbs should not pay for."""
+
+    def __init__(self, where: str):
+        self.where = where
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        module, attr = self.where.split(":")
+        names = getattr(importlib.import_module(module), attr)
+        return tuple(names.names() if hasattr(names, "names") else names)
+
+    @choices.setter
+    def choices(self, value) -> None:      # click.Choice.__init__ assigns it; the registry decides
+        pass
+
+
+def _all(where: str):
+    """A comma list of all the registry's names, as a lazy default."""
+    return lambda: ",".join(Names(where).choices)
+
+
+AMP = "normfast.precision:AMP_CHOICES"
+
+
 def _list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -173,10 +202,12 @@ def verify(data_dir, samples):
 def _train_options(f):
     opts = [
         click.option("--data", help="Converted dataset directory (from `normfast convert`)."),
-        click.option("--model", help="resnet18 | resnet50 | densenet121 | densenet161 (default resnet18)."),
-        click.option("--norm", help="finetune | pretrain | instance | minmax (default finetune)."),
-        click.option("--backend", help="dali | ffcv | resident | torch (default resident)."),
-        click.option("--stats", help="finetune statistics: manifest (computed at conversion) "
+        click.option("--model", type=Names("normfast.models:models"), help="Backbone (default resnet18)."),
+        click.option("--norm", type=Names("normfast.normalization:settings"),
+                     help="Normalization setting (default finetune)."),
+        click.option("--backend", type=Names("normfast.loaders:backends"), help="Loader backend (default resident)."),
+        click.option("--stats", type=Names("normfast.normalization:stats_sources"),
+                     help="finetune statistics: manifest (computed at conversion) "
                      "or reference (the seed's)."),
         click.option("--pretrained", help="Initial weights: imagenet (torchvision IMAGENET1K_V1, the default) | timm "
                      "(timm's default weights, as the seed used; pip install 'normfast[timm]') | none (from scratch) | "
@@ -189,11 +220,14 @@ def _train_options(f):
                      "best epoch is then chosen by val accuracy."),
         click.option("--test-batch-size", type=int, help="Test batch size (seed: 256)."),
         click.option("--lr", type=float, help="Adam learning rate (seed: 0.001)."),
-        click.option("--scheduler", help="cosine (annealed over the epochs, the seed's) | none."),
+        click.option("--scheduler", type=Names("normfast.recipe:schedulers"),
+                     help="cosine (annealed over the epochs, the seed's) | none."),
         click.option("--seed", type=int, help="Random seed (seed: 223)."),
-        click.option("--amp", help="auto (the default: bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (with a "
+        click.option("--amp", type=Names(AMP),
+                     help="auto (the default: bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (with a "
                      "grad scaler) | off. The seed trained in fp32: --amp off reproduces it."),
-        click.option("--compile", help="none | default (torch.compile) | cudagraphs (CUDA only)."),
+        click.option("--compile", type=Names("normfast.recipe:compile_modes"),
+                     help="none | default (torch.compile) | cudagraphs (CUDA only)."),
         click.option("--device", help="auto | cuda | cpu (default: cuda when present)."),
         click.option("--num-workers", type=int, help="Loader worker threads/processes (default 2)."),
         click.option("--runs", help="Root of run directories (default ./runs)."),
@@ -273,8 +307,10 @@ def _write_bench_json(path, records):
 
 @bench.command("loaders")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
-@click.option("--backend", default="dali,ffcv,resident,torch", show_default=True)
-@click.option("--norm", default="finetune,pretrain,instance,minmax", show_default=True)
+@click.option("--backend", default=_all("normfast.loaders:backends"), show_default="all",
+              help="Comma-separated backends.")
+@click.option("--norm", default=_all("normfast.normalization:settings"), show_default="all",
+              help="Comma-separated normalization settings.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
 @click.option("--dtype", default="float32", show_default=True, help="float32 | float16 | bfloat16.")
 @click.option("--batch-size", default=256, show_default=True)
@@ -298,13 +334,14 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
 
 @bench.command("train")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
-@click.option("--backend", default="dali,ffcv,resident,torch", show_default=True)
+@click.option("--backend", default=_all("normfast.loaders:backends"), show_default="all",
+              help="Comma-separated backends.")
 @click.option("--model", default="resnet18", show_default=True, help="Comma-separated models.")
 @click.option("--compile", "compiles", default="none", show_default=True,
-              help="Comma-separated: none, default, cudagraphs.")
+              help="Comma-separated compile modes (see `normfast train --help`).")
 @click.option("--norm", default="finetune", show_default=True)
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
-@click.option("--amp", default="auto", show_default=True, help="auto | bf16 | fp16 | off.")
+@click.option("--amp", default="auto", show_default=True, type=Names(AMP), help="Mixed precision.")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--steps", default=20, show_default=True, help="Timed steps per repeat.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps first.")

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from normfast.configs import CONFIG_DIR, load_yaml
+from normfast.configfiles import CONFIG_DIR, load_yaml
 from normfast.errors import NormfastError
 from normfast.precision import AMP_NAMES, amp_name
 
@@ -94,7 +94,8 @@ def resolve_train_config(config_file: str | Path | None = None,
 def validate(cfg: TrainConfig) -> None:
     from normfast.loaders import backends
     from normfast.models import check_pretrained, models
-    from normfast.normalization import settings
+    from normfast.normalization import settings, stats_sources
+    from normfast.recipe import compile_modes, optimizers, schedulers
     from normfast.tracking import check_logger
     models.get(cfg.model)
     settings.get(cfg.norm)
@@ -114,9 +115,8 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, k) < low:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least {low}")
     cfg.amp = amp_name(cfg.amp)             # one precision vocabulary: bfloat16 / float32 accepted too
-    choices = {"amp": AMP_NAMES, "compile": ("none", "default", "cudagraphs"),
-               "optimizer": ("adam",), "scheduler": ("cosine", "none"), "stats": ("manifest", "reference"),
-               "device": ("auto", "cpu", "cuda")}
+    choices = {"amp": AMP_NAMES, "compile": compile_modes.names(), "optimizer": optimizers.names(),
+               "scheduler": schedulers.names(), "stats": stats_sources.names(), "device": ("auto", "cpu", "cuda")}
     for key, valid in choices.items():
         value = getattr(cfg, key)
         if value not in valid and not (key == "device" and re.fullmatch(r"cuda:\d+", str(value))):

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from normfast.configs import CONFIG_DIR, load_yaml
+from normfast.configfiles import CONFIG_DIR, load_yaml
 from normfast.normalization import SETTINGS
 
 

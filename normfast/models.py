@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from normfast.configs import IMAGENET_MEAN, IMAGENET_STD
+from normfast.configfiles import IMAGENET_MEAN, IMAGENET_STD
 from normfast.errors import NormfastError
 from normfast.registry import Registry
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from normfast.augment import PAD
-from normfast.configs import IMAGENET_MEAN, IMAGENET_STD, reference_stats
+from normfast.configfiles import IMAGENET_MEAN, IMAGENET_STD, reference_stats
 from normfast.errors import NormfastError
 from normfast.manifest import Manifest
 from normfast.registry import Registry
@@ -31,6 +31,12 @@ INSTANCE_EPS = 1e-6   # [0,1] units; the smallest non-zero std of a uint8 channe
 settings = Registry("normalization setting")
 for _name in SETTINGS:
     settings.register(_name)(_name)
+
+# where `finetune` takes its mean/std: the train split's, computed at conversion (manifest.json),
+# or the seed's published figures (configs/datasets.yaml)
+stats_sources = Registry("stats source")
+for _name in ("manifest", "reference"):
+    stats_sources.register(_name)(_name)
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,7 @@ def resolve_norm(setting: str, manifest: Manifest | None = None, stats: str = "m
         return NormSpec(setting, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
     if setting in ("minmax", "instance"):
         return NormSpec(setting, source="none")
-    if stats not in ("manifest", "reference"):
-        raise NormfastError(f"unknown stats source {stats!r}; valid: manifest, reference")
+    stats_sources.get(stats)
     if manifest is None:
         raise NormfastError("finetune normalization needs the dataset's manifest.json")
     if stats == "reference":

@@ -16,6 +16,8 @@ from normfast.errors import NormfastError
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHORT = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 AMP_NAMES = ("auto", "bf16", "fp16", "off")
+AMP_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "off", "fp32": "off"}   # accepted too
+AMP_CHOICES = (*AMP_NAMES, *AMP_ALIASES)     # what --amp accepts
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # (rtol, atol) a backend's output must meet against the float64 reference: 1e-5 absolute in
 # float32; in fp16/bf16 the rounding of the final cast, half a unit in the last place
@@ -35,8 +37,7 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 
 def amp_name(name: str) -> str:
     """An --amp value in the canonical vocabulary (auto, bf16, fp16, off)."""
-    long = {"bfloat16": "bf16", "float16": "fp16", "float32": "off", "fp32": "off"}
-    value = long.get(str(name), str(name))
+    value = AMP_ALIASES.get(str(name), str(name))
     if value not in AMP_NAMES:
         raise NormfastError(f"unknown amp {name!r}; valid: {', '.join(AMP_NAMES)}")
     return value

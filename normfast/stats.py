@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normfast.configs import reference_stats
+from normfast.configfiles import reference_stats
 from normfast.manifest import Manifest, load_manifest
 from normfast.normalization import SETTINGS, reference_normalize, resolve_norm
 

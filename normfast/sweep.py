@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normfast.config import resolve_train_config
-from normfast.configs import load_yaml
+from normfast.configfiles import load_yaml
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
 from normfast.rundir import RunDir

@@ -26,6 +26,7 @@ from normfast.normalization import resolve_norm
 from normfast.precision import AMP_DTYPES, input_dtype, resolve_amp
 from normfast.progress import progress_bar
 from normfast.provenance import provenance
+from normfast.recipe import compile_modes, optimizers, schedulers
 from normfast.rundir import BEST_CKPT, LAST, RunDir
 from normfast.tracking import Tracker, make_tracker
 
@@ -48,14 +49,13 @@ class TrainStep:
 
     def __init__(self, model: str, num_classes: int, *, pretrained: str, device: torch.device, amp: str,
                  compile: str, lr: float, epochs: int, scheduler: str, seed: int, dist: Dist | None = None,
-                 static_batch_sizes=()):
+                 static_batch_sizes=(), optimizer: str = "adam"):
         torch.manual_seed(seed)
         net, self.weights = build_model(model, num_classes, pretrained)
         self.device, self.amp = device, amp
         self.model = net.to(device, memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=epochs)
-                      if scheduler == "cosine" else None)
+        self.opt = optimizers.get(optimizer)(self.model.parameters(), lr)
+        self.sched = schedulers.get(scheduler)(self.opt, epochs)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp])
                          if amp in AMP_DTYPES else contextlib.nullcontext())
@@ -64,10 +64,10 @@ class TrainStep:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.compiled = None
-        self.cudagraphs = compile == "cudagraphs"
-        if compile != "none":
-            self.compiled = torch.compile(self.ddp, mode="reduce-overhead" if self.cudagraphs else None,
-                                          dynamic=False)
+        mode = compile_modes.get(compile)
+        self.cudagraphs = mode.cuda_graphs
+        if mode.compiled:
+            self.compiled = torch.compile(self.ddp, mode=mode.mode, dynamic=False)
         self.static = frozenset(static_batch_sizes)
 
     def module_for(self, batch: int) -> nn.Module:
@@ -116,8 +116,8 @@ class Trainer:
         use_device(self.device)
         self.dist.init(self.device)
         self.amp = resolve_amp(cfg.amp, self.device)
-        if cfg.compile == "cudagraphs" and self.device.type != "cuda":
-            raise NormfastError("--compile cudagraphs needs a CUDA device")
+        if compile_modes.get(cfg.compile).cuda_graphs and self.device.type != "cuda":
+            raise NormfastError(f"--compile {cfg.compile} needs a CUDA device")
         self.manifest = load_manifest(cfg.data)
         self.dataset = self.manifest.name
         self.run_dir = cfg.run_dir(self.dataset)
@@ -129,7 +129,7 @@ class Trainer:
         self.step = TrainStep(cfg.model, self.manifest.num_classes, pretrained=cfg.pretrained,
                               device=self.device, amp=self.amp, compile=cfg.compile, lr=cfg.lr,
                               epochs=cfg.epochs, scheduler=cfg.scheduler, seed=cfg.seed, dist=self.dist,
-                              static_batch_sizes=(self.batch_size, self.test_batch_size))
+                              static_batch_sizes=(self.batch_size, self.test_batch_size), optimizer=cfg.optimizer)
         self.model, self.opt, self.sched = self.step.model, self.step.opt, self.step.sched
         # `pretrain` normalizes with the weights' own mean/std, so the weights come before the loaders
         self.weights, self.weights_record = self.step.weights.name, self.step.weights.record()

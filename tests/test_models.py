@@ -14,7 +14,7 @@ import normfast.train as train_mod
 from normfast.cli import main
 from fixtures import cfg_for
 from normfast.config import TrainConfig, resolve_train_config
-from normfast.configs import CONFIG_DIR, IMAGENET_MEAN, IMAGENET_STD, load_yaml
+from normfast.configfiles import CONFIG_DIR, IMAGENET_MEAN, IMAGENET_STD, load_yaml
 from normfast.errors import NormfastError
 from normfast.models import Weights, build_model
 from normfast.normalization import resolve_norm

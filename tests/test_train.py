@@ -108,11 +108,11 @@ def test_nan_guard_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "vgg11"], "unknown model 'vgg11'; valid: resnet18"),
+    (["--model", "vgg11"], "'--model': 'vgg11' is not one of 'resnet18', 'resnet50'"),
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
-    (["--norm", "zscore"], "unknown normalization setting 'zscore'"),
-    (["--backend", "nvjpeg"], "unknown backend 'nvjpeg'; valid: dali, ffcv, resident, torch"),
+    (["--norm", "zscore"], "'--norm': 'zscore' is not one of 'finetune'"),
+    (["--backend", "nvjpeg"], "'--backend': 'nvjpeg' is not one of 'dali', 'ffcv', 'resident', 'torch'"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
 ])
 def test_bad_arguments_one_line(tiny, tmp_path, args, message):

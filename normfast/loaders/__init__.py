@@ -43,15 +43,39 @@ from normfast.ops import keep_torch_threads
 from normfast.precision import resolve_dtype
 from normfast.registry import Registry
 
-BACKENDS = {   # name -> (module, the package it needs, how to install it)
-    "dali": ("normfast.loaders.dali_backend", "nvidia.dali", "pip install nvidia-dali-cuda120"),
-    "ffcv": ("normfast.loaders.ffcv_backend", "ffcv", "bash setup.sh (FFCV builds from source)"),
-    "resident": ("normfast.loaders.resident", None, None),
-    "torch": ("normfast.loaders.torch_backend", None, None),
-}
-backends: Registry = Registry("backend")
-for _name in BACKENDS:
-    backends.register(_name)(_name)
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend: the module holding its `make_loader`, and the package it needs
+    beyond normfast's own (None: none) with how to install that package."""
+    name: str
+    module: str
+    package: str | None = None
+    install: str | None = None
+
+    def check_installed(self) -> None:
+        """Raise a one-line NormfastError naming the install command when the package is missing."""
+        if self.package is None:
+            return
+        try:
+            with keep_torch_threads():
+                importlib.import_module(self.package)
+        except ImportError:
+            raise NormfastError(f"backend {self.name!r} needs the {self.package} package; install it with: "
+                                f"{self.install}") from None
+
+    def make_loader(self, cfg: "LoaderConfig"):
+        self.check_installed()
+        return importlib.import_module(self.module).make_loader(cfg)
+
+
+backends: Registry[Backend] = Registry("backend")
+for _backend in (
+    Backend("dali", "normfast.loaders.dali_backend", "nvidia.dali", "pip install nvidia-dali-cuda120"),
+    Backend("ffcv", "normfast.loaders.ffcv_backend", "ffcv", "bash setup.sh (FFCV builds from source)"),
+    Backend("resident", "normfast.loaders.resident"),
+    Backend("torch", "normfast.loaders.torch_backend"),
+):
+    backends.register(_backend.name)(_backend)
 
 
 @dataclass
@@ -131,7 +155,7 @@ def build_loader(data, split: str, backend: str, batch_size: int, norm, augment:
                  stats: str = "manifest", num_workers: int = 2, subset=None, **extra):
     """Build a backend's loader for one split. See the module docstring for the contract.
     `data`: a loaded Manifest (a trainer's loaders share one), or a dataset directory."""
-    backends.get(backend)
+    entry = backends.get(backend)
     manifest = data if isinstance(data, Manifest) else load_manifest(data)
     data_dir = manifest.root
     count = manifest.count(split)       # an unknown split: an error listing the valid ones
@@ -147,15 +171,7 @@ def build_loader(data, split: str, backend: str, batch_size: int, norm, augment:
     cfg = LoaderConfig(manifest, split, batch_size, spec, augment,
                        resolve_device(device), resolve_dtype(dtype), seed, shuffle, drop_last,
                        rank, world_size, num_workers, extra, subset)
-    module, package, install = BACKENDS[backend]
-    if package is not None:
-        try:
-            with keep_torch_threads():
-                importlib.import_module(package)
-        except ImportError:
-            raise NormfastError(f"backend {backend!r} needs the {package} package; install it with: "
-                                f"{install}") from None
-    return importlib.import_module(module).make_loader(cfg)
+    return entry.make_loader(cfg)
 
 
 BACKGROUND_DEPTH = 2     # batches a loader's thread prepares ahead of the training loop

@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from normfast import rundir
+from normfast.models import models
+from normfast.normalization import settings
 
-MODELS = ("resnet18", "resnet50", "densenet121", "densenet161")
+MODELS = tuple(models.names())          # the registries' order is the report's
 DATASETS = ("cifar10", "cifar100", "svhn", "tiny-imagenet-200")
-NORMS = ("finetune", "pretrain", "instance", "minmax")
+NORMS = tuple(settings.names())
 DASH = "—"
 NOISE = "≈"
 TIE = "tie within noise"

@@ -1,4 +1,5 @@
-"""Where the project's YAML configuration lives and how it is read."""
+"""The YAML files under configs/ and how they are read: load_yaml, the dataset registry
+(configs/datasets.yaml) and its reference statistics. (config.py is the train configuration.)"""
 from __future__ import annotations
 
 from functools import lru_cache

@@ -1,0 +1,90 @@
+"""Every name (backend, model, setting, compile mode, scheduler...) comes from one registry
+entry that also holds what the name means; --help, validation and the report read them."""
+import pytest
+import torch
+from click.testing import CliRunner
+
+from normfast.cli import main
+from normfast.config import resolve_train_config
+from normfast.errors import NormfastError
+from normfast.loaders import Backend, backends, build_loader
+from normfast.models import models
+from normfast.normalization import settings
+from normfast.recipe import compile_modes, schedulers
+from normfast.report.common import MODELS, NORMS
+
+
+def test_backend_entry_holds_module_package_and_install_hint():
+    dali = backends.get("dali")
+    assert (dali.module, dali.package) == ("normfast.loaders.dali_backend", "nvidia.dali")
+    assert backends.get("resident").package is None
+
+
+def test_build_loader_takes_the_package_check_from_the_entry(tiny):
+    backends.register("fake")(Backend("fake", "normfast.loaders.resident", "no_such_package_xyz", "pip install xyz"))
+    try:
+        with pytest.raises(NormfastError, match="backend 'fake' needs the no_such_package_xyz package; "
+                                                "install it with: pip install xyz"):
+            build_loader(tiny, "train", "fake", 4, "finetune", augment=False, device="cpu")
+    finally:
+        backends._items.pop("fake")
+
+
+def test_scheduler_and_compile_names_mean_something():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert schedulers.get("none")(opt, 5) is None
+    cosine = schedulers.get("cosine")(opt, 5)
+    assert isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR) and cosine.T_max == 5
+    assert not compile_modes.get("none").compiled
+    assert compile_modes.get("cudagraphs").mode == "reduce-overhead" and compile_modes.get("cudagraphs").cuda_graphs
+
+
+def test_config_validation_reads_the_scheduler_registry(tiny, tmp_path):
+    with pytest.raises(NormfastError, match="unknown scheduler 'step'; valid: cosine, none"):
+        resolve_train_config(data=str(tiny), runs=str(tmp_path), scheduler="step")
+    schedulers.register("step")(lambda opt, epochs: None)
+    try:
+        assert resolve_train_config(data=str(tiny), runs=str(tmp_path), scheduler="step").scheduler == "step"
+    finally:
+        schedulers._items.pop("step")
+
+
+def test_config_file_names_are_still_checked(tiny, tmp_path):
+    (tmp_path / "c.yaml").write_text("model: vgg11\n")
+    with pytest.raises(NormfastError, match="unknown model 'vgg11'; valid: resnet18"):
+        resolve_train_config(tmp_path / "c.yaml", data=str(tiny))
+
+
+@pytest.mark.parametrize("option, bad, listed", [
+    ("--model", "resnet19", "'resnet18', 'resnet50', 'densenet121', 'densenet161'"),
+    ("--compile", "max", "'none', 'default', 'cudagraphs'"),
+    ("--scheduler", "step", "'cosine', 'none'"),
+    ("--stats", "imagenet", "'manifest', 'reference'"),
+    ("--amp", "fp8", "'auto', 'bf16', 'fp16', 'off'"),
+])
+def test_bad_choice_is_one_error_line(option, bad, listed):
+    r = CliRunner().invoke(main, ["train", option, bad])
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("error: ") and r.output.strip().count("\n") == 0, r.output
+    assert f"'{option}': '{bad}' is not one of {listed}" in r.output
+
+
+def test_help_lists_the_registries_names():
+    out = CliRunner().invoke(main, ["train", "--help"]).output
+    for names in (models.names(), settings.names(), backends.names(), compile_modes.names(), schedulers.names()):
+        assert "[" + "|".join(names) + "]" in out.replace("\n", "").replace(" ", "")
+
+
+def test_amp_long_names_still_accepted(tiny, tmp_path):
+    r = CliRunner().invoke(main, ["train", "--data", str(tiny), "--runs", str(tmp_path), "--amp", "bfloat16",
+                                  "--epochs", "0"])
+    assert r.exit_code == 1 and "--epochs 0: must be at least 1" in r.output, r.output
+
+
+def test_bench_compile_list_reads_the_registry(tiny):
+    r = CliRunner().invoke(main, ["bench", "train", "--data", str(tiny), "--compile", "none,max", "--device", "cpu"])
+    assert r.exit_code == 1 and "--compile 'max': valid: none, default, cudagraphs" in r.output, r.output
+
+
+def test_report_order_is_the_registries():
+    assert MODELS == tuple(models.names()) and NORMS == tuple(settings.names())
