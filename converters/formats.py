@@ -136,7 +136,7 @@ def write_dali(staging: StagingDataset, out_dir: Path, split: str, encoding: str
 @formats.register("ffcv")
 def write_ffcv(staging: StagingDataset, out_dir: Path, split: str, encoding: str, quality: int,
                progress=None) -> dict:
-    from normfast.ops import keep_torch_threads
+    from normfast.compat import keep_torch_threads
     try:
         with keep_torch_threads():
             from ffcv.fields import IntField, RGBImageField

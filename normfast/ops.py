@@ -8,25 +8,11 @@ channels-last memory, which is what an NHWC tensor permuted to NCHW already is.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from normfast.augment import PAD
 from normfast.normalization import INSTANCE_EPS, NormSpec
 from normfast.precision import resolve_dtype
-
-@contextlib.contextmanager
-def keep_torch_threads():
-    """Undo any torch.set_num_threads done inside: FFCV sets it on import (to 1) and on
-    every Loader() and iter() (to its worker count), which would silently slow CPU training."""
-    n = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-
 
 def pad_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> uint8 NHWC: zero-pad PAD, crop at offsets (dy, dx), flip where flips.

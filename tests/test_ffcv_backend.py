@@ -19,7 +19,7 @@ from loader_checks import (EDGE_N, check_offsets_and_flips, edge_images, epoch, 
 from normfast.errors import NormfastError  # noqa: E402
 from normfast.loaders import build_loader, epoch_order  # noqa: E402
 from normfast.loaders.ffcv_backend import ffcv_uint8_loader  # noqa: E402
-from normfast.ops import keep_torch_threads  # noqa: E402
+from normfast.compat import keep_torch_threads  # noqa: E402
 
 
 @pytest.fixture(scope="module")

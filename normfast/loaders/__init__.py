@@ -39,7 +39,7 @@ from normfast.device import resolve_device
 from normfast.errors import NormfastError
 from normfast.manifest import Manifest, load_manifest
 from normfast.normalization import NormSpec, resolve_norm
-from normfast.ops import keep_torch_threads
+from normfast.compat import keep_torch_threads
 from normfast.precision import resolve_dtype
 from normfast.registry import Registry
 

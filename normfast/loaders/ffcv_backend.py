@@ -48,7 +48,8 @@ import torch
 from normfast.errors import NormfastError
 from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, to_device
 from normfast.augment import PAD
-from normfast.ops import BatchTransform, keep_torch_threads
+from normfast.compat import keep_torch_threads
+from normfast.ops import BatchTransform
 
 AUGMENT_MODES = ("torch", "ffcv")   # extra["ffcv_augment"]; default torch (seeded)
 BATCHES_AHEAD = 3
