@@ -105,6 +105,32 @@ class TrainStep:
         self.scaler.load_state_dict(state["scaler"])
 
 
+class Meter:
+    """An epoch's running totals, kept on the device (no sync per step): loss, correct
+    predictions, samples, whether every loss was finite, and seconds spent waiting on data."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
+        self.seen, self.wait = 0, 0.0
+
+    def update(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.finite &= torch.isfinite(loss)
+        self.loss_sum += loss.detach().double() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def result(self, dist: Dist, seconds: float) -> dict:
+        """Totals over all ranks: mean loss, accuracy, images/s, fraction of time waiting."""
+        loss, correct, seen, wait = dist.sum([self.loss_sum.item(), self.correct.item(), self.seen, self.wait],
+                                             self.device)
+        return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "seconds": seconds,
+                "images_per_second": seen / seconds if seconds else 0.0,
+                "data_wait_fraction": wait / dist.world_size / seconds if seconds else 0.0}
+
+
 class Trainer:
     tracker: Tracker = Tracker()      # --log: made in fit() on rank 0, closed in close()
 
@@ -166,10 +192,8 @@ class Trainer:
         loader = loader or (self.train_loader if train else self.test_loader)
         loader.set_epoch(epoch)
         self.step.train(train)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
-        seen, wait, steps = 0, 0.0, 0
+        meter = Meter(self.device)
+        steps = 0
         # Under DDP every rank must take the same number of optimizer steps (Adam's state
         # would drift apart otherwise): shards differ by at most one sample, so a rank may
         # skip its last batch when it has one more than the smallest shard.
@@ -182,33 +206,27 @@ class Trainer:
             while steps < limit:
                 t0 = time.perf_counter()
                 batch = next(it, None)
-                wait += time.perf_counter() - t0
+                meter.wait += time.perf_counter() - t0
                 if batch is None:
                     break
                 x, y = batch
                 loss, out = self.step(x, y, train)
                 if train:
-                    finite &= torch.isfinite(loss)
                     self._debug_step(epoch, steps, y)
-                loss_sum += loss.detach().double() * len(y)
-                correct += (out.argmax(1) == y).sum()
-                seen += len(y)
+                meter.update(loss, out, y)
                 steps += 1
                 if train and steps % self.cfg.log_interval == 0:
-                    self._check_finite(finite, epoch, steps)
+                    self._check_finite(meter.finite, epoch, steps)
                     if self.tracker.enabled:     # loss.item() is cheap: _check_finite has just synced
                         self.tracker.log_step(epoch * len(loader) + steps,
                                               {"loss": loss.item(), "lr": self.opt.param_groups[0]["lr"]})
-                    bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                    bar.set_postfix(img_s=f"{meter.seen / (time.perf_counter() - start):.0f}")
                 bar.update(len(y))
         self._sync()
         seconds = time.perf_counter() - start
-        self._check_finite(finite & torch.isfinite(loss_sum), epoch, steps, "loss" if train else "test loss")
-        total_loss, total_correct, total_seen = self.dist.sum([loss_sum.item(), correct.item(), seen], self.device)
-        total_wait, = self.dist.sum([wait], self.device)
-        return {"loss": total_loss / max(total_seen, 1), "acc": total_correct / max(total_seen, 1),
-                "seconds": seconds, "images_per_second": total_seen / seconds if seconds else 0.0,
-                "data_wait_fraction": total_wait / self.dist.world_size / seconds if seconds else 0.0}
+        self._check_finite(meter.finite & torch.isfinite(meter.loss_sum), epoch, steps,
+                           "loss" if train else "test loss")
+        return meter.result(self.dist, seconds)
 
     def _sync(self):
         sync(self.device)
