@@ -12,10 +12,12 @@ from normfast.errors import NormfastError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, missing: str = "config file not found") -> dict:
+    """A YAML mapping from `path` (empty file: {}); one NormfastError naming the file when it is
+    missing (`missing` says how), not YAML, unreadable, or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise NormfastError(f"{path}: config file not found")
+        raise NormfastError(f"{path}: {missing}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from normfast.configfiles import load_yaml
 from normfast.errors import NormfastError
 
 CONFIG = "config.yaml"
@@ -133,17 +134,7 @@ class RunDir:
 
     def read_config(self) -> dict:
         """The saved config; NormfastError naming the file when it is missing or unreadable."""
-        try:
-            data = yaml.safe_load(self.config_path.read_text())
-        except FileNotFoundError:
-            raise NormfastError(f"{self.config_path}: missing") from None
-        except yaml.YAMLError as e:
-            raise NormfastError(f"{self.config_path}: not valid YAML ({_why(e)})") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise NormfastError(f"{self.config_path}: unreadable ({_why(e)})") from None
-        if not isinstance(data, dict):
-            raise NormfastError(f"{self.config_path}: expected a mapping of keys to values")
-        return data
+        return load_yaml(self.config_path, missing="missing")
 
     # ------------------------------------------------------------------ metrics.jsonl
     def read_metrics(self, strict: bool = True) -> list[dict]:
