@@ -180,10 +180,11 @@ BACKGROUND_DEPTH = 2     # batches a loader's thread prepares ahead of the train
 def in_background(batches, device: torch.device, depth: int = BACKGROUND_DEPTH):
     """Run an epoch's generator in its own thread, `depth` batches ahead.
 
-    Measured on an H200 (benchmarks/dali_profile.py): with CUDA graphs the training thread
-    is CPU-bound (a ResNet18 step's launches take most of its 3.5 ms), so a loader's own
-    CPU work on that thread (DALI: 1.2 ms a batch for the source, scheduling and hand-over)
-    showed up one for one as data wait. In a thread it overlaps the step's launches; the
+    Measured on an H200 (benchmarks/dali_profile.py, ResNet18 with CUDA graphs): DALI alone
+    delivered 3x what the step takes, yet its 1.2 ms a batch of work on the training thread
+    (source, scheduling, hand-over) showed up as 26% data wait; in this thread the wait fell
+    to 2%. (Our reading: the step leaves that thread little CPU to spare.) In a thread the
+    loader's work overlaps the step's launches; the
     GIL is released in DALI's, FFCV's and torch's C++ calls. Batches keep CUDA stream order:
     both threads launch on the device's default stream, the producer before the consumer.
     An exception in the thread is raised in the consumer; closing the consumer stops the
@@ -246,6 +247,7 @@ class EpochLoader:
         self.cfg = cfg
         self.epoch = 0
         self.closed = False
+        self._running = None      # the iterator of the epoch last started (closed by close())
         background = cfg.extra.get("background")
         self.background = cfg.device.type == "cuda" if background is None else bool(background)
         start, stop = shard_bounds(cfg.n, cfg.rank, cfg.world_size)
@@ -285,7 +287,8 @@ class EpochLoader:
         epoch = self.epoch
         self.epoch += 1
         batches = self.iter_epoch(epoch)
-        return in_background(batches, self.cfg.device) if self.background else batches
+        self._running = in_background(batches, self.cfg.device) if self.background else batches
+        return self._running
 
     def iter_epoch(self, epoch: int):
         raise NotImplementedError
@@ -294,8 +297,13 @@ class EpochLoader:
         """Free what the backend holds (pipelines, threads, device memory)."""
 
     def close(self) -> None:
+        """Stop the epoch last started (its loader thread first, so the epoch's generator is
+        closed in the thread that runs it), then free what the backend holds."""
         if not self.closed:
             self.closed = True
+            running, self._running = self._running, None
+            if running is not None:
+                running.close()
             self.release()
 
     def __enter__(self):

@@ -223,14 +223,11 @@ class FfcvLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         self.path = cfg.manifest.beton(cfg.split)
-        self.device = cfg.device
-        if cfg.device.type == "cuda" and cfg.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = cfg.device          # a CUDA device always has its index (normfast.device)
         self.augment_mode = augment_mode(cfg)
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
         self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
-        self._epoch = None
         if self.shard_count > 0:
             self.stream = get_stream(self.path, cfg.batch_size, drop_last=cfg.drop_last,
                                      ffcv_augment=self.ffcv_augment, device=self.device,
@@ -247,7 +244,7 @@ class FfcvLoader(EpochLoader):
             _, offsets, flips = self.plan(epoch)
             offsets, flips = to_device(offsets, self.device), to_device(flips, self.device)
         pos = 0
-        self._epoch = batches = self.stream.epoch(epoch, self.order)
+        batches = self.stream.epoch(epoch, self.order)
         try:
             for images, labels in batches:
                 if torch_augment:
@@ -256,12 +253,9 @@ class FfcvLoader(EpochLoader):
                 yield transform(images, *params), labels
         finally:
             batches.close()       # an epoch broken off stops FFCV's thread now, not at GC
-            self._epoch = None
 
     def release(self) -> None:
-        """Stop an epoch still running (its FFCV thread) and give the shared stream back."""
-        if self._epoch is not None:
-            self._epoch.close()
+        """Give the shared stream back (close() has already stopped a running epoch)."""
         if self.stream is not None:
             release_stream(self.stream)
             self.stream = None
