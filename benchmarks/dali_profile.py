@@ -1,12 +1,15 @@
 """Where a DALI batch's time goes, and which feeding variant keeps the GPU busiest.
 
 For the `dali` backend on one converted dataset (shuffled epochs, augment, finetune):
-  source     the external-source callback alone (gather of one batch from the shards), ms/batch
+  source     the external-source callback alone (gather of one chunk from the shards), ms/batch
   loader     the loader alone, no model: ms/batch and img/s (source + DALI's CPU and GPU
              stages + hand-over to torch); hand-over = time in the loader's _outputs call
-  train      a TrainStep's ceiling and end-to-end img/s with the loader (bench.train's method)
-per variant: the prefetch depth, and whether the loader runs in its background thread
-(the default on CUDA) or on the training thread ("-fg"). resident and ffcv are measured beside it for reference.
+             (once per chunk), per training batch
+  train      a TrainStep's ceiling and end-to-end img/s with the loader (bench.train's method),
+             and the loader thread's CPU ms per batch (what it takes from the step's GIL)
+per variant: training batches per DALI iteration (`auto`: the default chunk; `chunk-1`: one
+batch), and whether the loader runs in its background thread (the default on CUDA) or on
+the training thread ("-fg"). resident and ffcv (auto and chunk-1) are measured beside it.
   python benchmarks/dali_profile.py --data DIR [--device cuda] [--compile cudagraphs] [--json F]
 """
 from __future__ import annotations
@@ -23,8 +26,8 @@ from normfast.manifest import load_manifest
 from normfast.precision import input_dtype, resolve_amp
 from normfast.train import TrainStep
 
-VARIANTS = {"prefetch-2": dict(dali_prefetch=2), "prefetch-4": dict(dali_prefetch=4),
-            "prefetch-2-fg": dict(dali_prefetch=2, background=False)}
+VARIANTS = {"auto": {}, "chunk-1": dict(chunk_batches=1), "auto-fg": dict(background=False),
+            "chunk-1-fg": dict(chunk_batches=1, background=False), "auto-prefetch-3": dict(dali_prefetch=3)}
 
 
 def loader_alone(ld, device, batches: int) -> dict:
@@ -54,15 +57,15 @@ def loader_alone(ld, device, batches: int) -> dict:
             "handover_ms_per_batch": handover[0] / batches * 1e3}
 
 
-def source_alone(ld, batches: int) -> float:
+def source_alone(ld, chunks: int) -> float:
     order, offsets, flips = ld.plan(0)
-    bs = ld.cfg.batch_size
+    size = ld.chunk_size
     t = time.perf_counter()
-    for b in range(batches):
-        s = (b * bs) % max(1, len(order) - bs)
-        idx = order[s:s + bs]
+    for c in range(chunks):
+        s = (c * size) % max(1, len(order) - size)
+        idx = order[s:s + size]
         ld.samples.images(idx), ld.samples.labels[idx]
-    return (time.perf_counter() - t) / batches * 1e3
+    return (time.perf_counter() - t) / (chunks * ld.chunk) * 1e3
 
 
 def main():
@@ -90,7 +93,8 @@ def main():
     variants = [v for v in a.variants.split(",") if v]
     for name in variants:
         with build_loader(a.data, "train", "dali", a.batch_size, "finetune", **common, **VARIANTS[name]) as ld:
-            rec = {"what": "loader", "backend": "dali", "variant": name, "source_ms_per_batch": source_alone(ld, 50)}
+            rec = {"what": "loader", "backend": "dali", "variant": name, "chunk_batches": ld.chunk,
+                   "source_ms_per_batch": source_alone(ld, 20)}
             rec |= loader_alone(ld, device, 4 * a.steps)
         print(json.dumps(rec), flush=True)
         records.append(rec)
@@ -98,8 +102,9 @@ def main():
                      compile=compile_mode, lr=1e-3, epochs=1, scheduler="none", seed=223,
                      static_batch_sizes=(a.batch_size,))
     step.train(True)
-    runs = [("dali", v, VARIANTS[v]) for v in variants] + [("resident", "", {}), ("ffcv", "", {}),
-                                                         ("ffcv", "fg", {"background": False})]
+    runs = [("dali", v, VARIANTS[v]) for v in variants] + [
+        ("resident", "", {}), ("ffcv", "auto", {}), ("ffcv", "chunk-1", {"chunk_batches": 1}),
+        ("ffcv", "auto-fg", {"background": False})]
     for backend, name, extra in runs:
         try:
             with build_loader(a.data, "train", backend, a.batch_size, "finetune", **common, **extra) as ld:
@@ -111,19 +116,21 @@ def main():
                 "amp": amp}
         print(json.dumps(rec), flush=True)
         records.append(rec)
-    print("\n| backend | variant | source ms/batch | loader alone ms/batch | hand-over ms/batch | loader img/s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| backend | variant | batches/chunk | source ms/batch | loader alone ms/batch | hand-over ms/batch "
+          "| loader img/s |")
+    print("|---|---|---|---|---|---|---|")
     for r in records:
         if r["what"] == "loader":
-            print(f"| dali | {r['variant']} | {r['source_ms_per_batch']:.3f} | {r['ms_per_batch']:.2f} | "
-                  f"{r['handover_ms_per_batch']:.2f} | {r['images_per_second']:,.0f} |")
-    print("\n| backend | variant | ceiling img/s | end-to-end img/s | efficiency | data wait | "
-          f" ({a.model}, {compile_mode})")
-    print("|---|---|---|---|---|---|")
+            print(f"| dali | {r['variant']} | {r['chunk_batches']} | {r['source_ms_per_batch']:.3f} | "
+                  f"{r['ms_per_batch']:.2f} | {r['handover_ms_per_batch']:.2f} | {r['images_per_second']:,.0f} |")
+    print("\n| backend | variant | batches/chunk | ceiling img/s | end-to-end img/s | efficiency | data wait "
+          f"| producer CPU ms/batch | ({a.model}, {compile_mode})")
+    print("|---|---|---|---|---|---|---|---|")
     for r in records:
         if r["what"] == "train":
-            print(f"| {r['backend']} | {r['variant'] or '—'} | {r['ceiling_images_per_second']:,.0f} | "
-                  f"{r['images_per_second']:,.0f} | {r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} |")
+            print(f"| {r['backend']} | {r['variant'] or '—'} | {r['chunk_batches'] or '—'} | "
+                  f"{r['ceiling_images_per_second']:,.0f} | {r['images_per_second']:,.0f} | {r['efficiency']:.0%} | "
+                  f"{r['data_wait_fraction']:.0%} | {r['producer_cpu_ms_per_batch']:.3f} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": machine(), "records": records}, f, indent=2)

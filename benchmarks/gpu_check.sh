@@ -7,8 +7,9 @@
 #   tests   the CUDA tests (pytest -k "cuda or gpu")
 #   table   bench train: ResNet18 and ResNet50, 32 px, batch 256, bf16, channels-last,
 #           eager and CUDA graphs, every backend against the same-process ceiling
-#           (each loader built, measured and closed before the next); dali on JPEG
-#           shards (nvJPEG) eager
+#           (each loader built, measured and closed before the next); dali and ffcv with
+#           their default chunk and with one batch at a time (CHUNKS; the targets use the
+#           default); dali on JPEG shards (nvJPEG) eager
 #   dense   bench train: the DenseNet121/161 eager and CUDA-graph ceilings with resident
 #   train   a short real `normfast train` per backend, eager and --compile cudagraphs, on a
 #           train split of 1,000 images (1000 % 256 = 232: a partial last batch) and a
@@ -18,7 +19,7 @@
 #   bash benchmarks/gpu_check.sh                         # the whole check (< 8 min on an H100/H200)
 #   STEPS_ONLY="tests table train" bash benchmarks/gpu_check.sh   # a subset
 #   DEVICE=cpu bash benchmarks/gpu_check.sh              # dry run without a GPU (tiny, eager only)
-# Knobs: LIMIT (images), STEPS/WARMUP/REPEATS (bench), MODELS, DENSE (empty: none), COMPILES,
+# Knobs: LIMIT (images), STEPS/WARMUP/REPEATS (bench), MODELS, DENSE (empty: none), COMPILES, CHUNKS,
 # TRAIN_COMPILES, NUM_WORKERS, STEP_TIMEOUT (seconds per step), WORK (scratch folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,7 @@ else
   DENSE=${DENSE-densenet121,densenet161}; TRAIN_COMPILES=${TRAIN_COMPILES:-none cudagraphs}
 fi
 NW=${NUM_WORKERS:-$(nproc)}
+CHUNKS=${CHUNKS:-auto,1}
 
 backends=resident,torch
 formats=dali
@@ -74,7 +76,7 @@ bench=("$PY" -m normfast bench train --device "$DEVICE" --amp "$AMP" --batch-siz
        --warmup "$WARMUP" --repeats "$REPEATS" --num-workers "$NW")
 if want table; then
   run_step table "${bench[@]}" --data "$WORK/syn" --backend "$backends" --model "$MODELS" \
-    --compile "$COMPILES" --json "$RESULTS.table.json"
+    --compile "$COMPILES" --chunk-batches "$CHUNKS" --json "$RESULTS.table.json"
   if [[ $backends == *dali* ]]; then
     run_step jpg "${bench[@]}" --data "$WORK/syn-jpg" --backend dali --model resnet18 --compile none \
       --json "$RESULTS.jpg.json"
@@ -114,7 +116,8 @@ def verdict(name, value, target, what):
     else:
         lines.append(f"{'PASS' if value >= target else 'FAIL'}  {name}: {value:.0%} (target >= {target:.0%}) {what}")
 def eff(model, compile_, backend, records=table):
-    r = [x for x in records if (x["model"], x["compile"], x["backend"]) == (model, compile_, backend)]
+    r = [x for x in records if (x["model"], x["compile"], x["backend"]) == (model, compile_, backend)
+         and x.get("chunk_requested", "auto") == "auto"]
     return r[0]["efficiency"] if r else None
 if "tests" in status:
     lines.append(f"{'PASS' if status['tests'] == '0' else 'FAIL'}  CUDA tests (exit {status['tests']})")

@@ -39,10 +39,36 @@ def cpu_seconds() -> float:
 ORDERS = ("shuffled", "stored")   # an epoch in the contract's shuffled order, or in stored order
 
 
+def parse_chunks(text: str) -> list[int | None]:
+    """`--chunk-batches`: comma-separated `auto` (the backend's default) or counts >= 1."""
+    out = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if item == "auto":
+            out.append(None)
+        elif item.isdigit() and int(item) >= 1:
+            out.append(int(item))
+        else:
+            raise NormfastError(f"--chunk-batches {text!r}: give auto or whole numbers >= 1, comma-separated")
+    return out
+
+
+def _chunk_variants(backend: str, chunks: list[int | None]) -> list[int | None]:
+    return chunks if backends.get(backend).chunked else [None]
+
+
+def _loader_facts(loader, batches: int, cpu0: float) -> dict:
+    """What a benchmark records of the loader itself: the training batches it prepares at
+    once (None: one at a time) and its producer thread's CPU milliseconds per batch."""
+    return {"chunk_batches": loader.chunk,
+            "producer_cpu_ms_per_batch": (loader.producer_cpu_seconds - cpu0) / max(1, batches) * 1000}
+
+
 def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str = "float32",
                   batch_size: int = 256, epochs: int = 1, max_batches: int | None = None,
-                  num_workers: int = 2, orders: str = "shuffled", echo=print) -> list[dict]:
+                  num_workers: int = 2, orders: str = "shuffled", chunks: str = "auto",
+                  echo=print) -> list[dict]:
     device = resolve_device(device)
+    chunk_list = parse_chunks(chunks)
     use_device(device)
     if epochs < 1 or (max_batches is not None and max_batches < 1):
         raise NormfastError("--epochs and --max-batches must be at least 1")
@@ -54,25 +80,35 @@ def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str 
     for backend in parse_list(backends_, backends):
         for norm in parse_list(norms, settings):
             for order in order_list:
-                with build_loader(data_dir, "train", backend, batch_size, norm, augment=True, device=device,
-                                  dtype=dtype, seed=0, shuffle=order == "shuffled",
-                                  num_workers=num_workers) as loader:
-                    for _ in _take(loader, max_batches):          # warm-up epoch: compile, caches
-                        pass
-                    sync(device)
-                    images, cpu0, t0 = 0, cpu_seconds(), time.perf_counter()
-                    for _ in range(epochs):
-                        for x, _ in _take(loader, max_batches):
-                            images += x.shape[0]
-                    sync(device)
-                    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-                rec = {"backend": backend, "norm": norm, "order": order, "device": str(device), "dtype": dtype,
-                       "batch_size": batch_size, "images": images, "seconds": seconds,
-                       "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000}
-                echo(f"{backend:9s} {norm:9s} {order:8s} {rec['images_per_second']:10.0f} img/s  "
-                     f"{rec['cpu_seconds_per_1000']:.3f} CPU s/1000 img")
-                records.append(rec)
+                for chunk in _chunk_variants(backend, chunk_list):
+                    with build_loader(data_dir, "train", backend, batch_size, norm, augment=True, device=device,
+                                      dtype=dtype, seed=0, shuffle=order == "shuffled", num_workers=num_workers,
+                                      chunk_batches=chunk) as loader:
+                        for _ in _take(loader, max_batches):          # warm-up epoch: compile, caches
+                            pass
+                        sync(device)
+                        images, batches, cpu0, t0 = 0, 0, cpu_seconds(), time.perf_counter()
+                        produced0 = loader.producer_cpu_seconds
+                        for _ in range(epochs):
+                            for x, _ in _take(loader, max_batches):
+                                images += x.shape[0]
+                                batches += 1
+                        sync(device)
+                        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+                        facts = _loader_facts(loader, batches, produced0)
+                    rec = {"backend": backend, "norm": norm, "order": order, "device": str(device), "dtype": dtype,
+                           "batch_size": batch_size, "images": images, "seconds": seconds,
+                           "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000,
+                           "chunk_requested": chunk or "auto", **facts}
+                    echo(f"{backend:9s} {norm:9s} {order:8s} {_chunk_label(rec):>8s} "
+                         f"{rec['images_per_second']:10.0f} img/s  {rec['cpu_seconds_per_1000']:.3f} CPU s/1000 img  "
+                         f"producer {rec['producer_cpu_ms_per_batch']:.3f} CPU ms/batch")
+                    records.append(rec)
     return records
+
+
+def _chunk_label(rec: dict) -> str:
+    return "—" if rec.get("chunk_batches") is None else f"chunk {rec['chunk_batches']}"
 
 
 def _take(loader, max_batches):
@@ -85,12 +121,16 @@ def _take(loader, max_batches):
 def format_loader_table(records: list[dict]) -> str:
     key = lambda r: (r["norm"], r.get("order", "shuffled"))   # noqa: E731
     base = {key(r): r["images_per_second"] for r in records if r["backend"] == "torch"}
-    lines = ["| backend | norm | order | device | images/s | × torch | CPU s / 1000 img |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| backend | norm | order | batches/chunk | device | images/s | × torch | CPU s / 1000 img "
+             "| producer CPU ms / batch |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         ratio = f"{r['images_per_second'] / base[key(r)]:.1f}×" if key(r) in base else "—"
-        lines.append(f"| {r['backend']} | {r['norm']} | {r.get('order', 'shuffled')} | {r['device']} | "
-                     f"{r['images_per_second']:,.0f} | {ratio} | {r['cpu_seconds_per_1000']:.3f} |")
+        produced = r.get("producer_cpu_ms_per_batch")
+        lines.append(f"| {r['backend']} | {r['norm']} | {r.get('order', 'shuffled')} | "
+                     f"{r.get('chunk_batches') or '—'} | {r['device']} | "
+                     f"{r['images_per_second']:,.0f} | {ratio} | {r['cpu_seconds_per_1000']:.3f} | "
+                     f"{'—' if produced is None else format(produced, '.3f')} |")
     return "\n".join(lines)
 
 
@@ -98,7 +138,7 @@ def format_loader_table(records: list[dict]) -> str:
 
 def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", norm: str = "finetune",
                 device=None, amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5,
-                repeats: int = 3, num_workers: int = 2, echo=print) -> list[dict]:
+                repeats: int = 3, num_workers: int = 2, chunks: str = "auto", echo=print) -> list[dict]:
     """Per model x compile mode, one TrainStep (one compilation); per backend, its loader is
     built, measured against that step's ceiling in alternating repeats, and closed."""
     from normfast.manifest import load_manifest
@@ -113,6 +153,7 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     manifest = load_manifest(data_dir)
     amp = resolve_amp(amp, device)
     in_dtype = input_dtype(amp)
+    chunk_list = parse_chunks(chunks)
     compile_modes = [c.strip() for c in compiles.split(",") if c.strip()]
     for c in compile_modes:
         if c not in recipe.compile_modes:
@@ -128,20 +169,23 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
                              static_batch_sizes=(batch_size,))
             step.train(True)
             for backend in backend_names:
-                # full batches only: a partial batch would run eagerly (see TrainStep)
-                with build_loader(manifest, "train", backend, batch_size, norm, augment=True, device=device,
-                                  dtype=in_dtype, seed=223, shuffle=True, drop_last=True,
-                                  num_workers=num_workers) as loader:
-                    if len(loader) == 0:
-                        raise NormfastError(f"{data_dir}: fewer train images than --batch-size {batch_size}")
-                    rec = _bench_one(step, loader, device, steps, warmup, repeats)
-                rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
-                        "device": str(device), "amp": amp, "batch_size": batch_size,
-                        "image_shape": list(manifest.image_shape)}
-                echo(f"{model:11s} {compile_mode:10s} {backend:9s} ceiling {rec['ceiling_images_per_second']:9.0f}  "
-                     f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
-                     f"data wait {rec['data_wait_fraction']:.0%}")
-                records.append(rec)
+                for chunk in _chunk_variants(backend, chunk_list):
+                    # full batches only: a partial batch would run eagerly (see TrainStep)
+                    with build_loader(manifest, "train", backend, batch_size, norm, augment=True, device=device,
+                                      dtype=in_dtype, seed=223, shuffle=True, drop_last=True,
+                                      num_workers=num_workers, chunk_batches=chunk) as loader:
+                        if len(loader) == 0:
+                            raise NormfastError(f"{data_dir}: fewer train images than --batch-size {batch_size}")
+                        rec = _bench_one(step, loader, device, steps, warmup, repeats)
+                    rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
+                            "device": str(device), "amp": amp, "batch_size": batch_size,
+                            "image_shape": list(manifest.image_shape), "chunk_requested": chunk or "auto"}
+                    echo(f"{model:11s} {compile_mode:10s} {backend:9s} {_chunk_label(rec):>8s} "
+                         f"ceiling {rec['ceiling_images_per_second']:9.0f}  "
+                         f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
+                         f"data wait {rec['data_wait_fraction']:.0%}  "
+                         f"producer {rec['producer_cpu_ms_per_batch']:.3f} CPU ms/batch")
+                    records.append(rec)
             del step
     return records
 
@@ -151,7 +195,7 @@ def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> d
     stream = _endless(loader)
     x0, y0 = next(stream)
     x0, y0 = x0.clone(), y0.clone()
-    ceil, e2e, waits = [], [], []
+    ceil, e2e, waits, produced = [], [], [], []
     for _ in range(warmup):
         step(x0, y0)
     for _ in range(warmup):
@@ -163,7 +207,7 @@ def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> d
             step(x0, y0)
         sync(device)
         ceil.append(steps * len(y0) / (time.perf_counter() - t0))
-        images, wait = 0, 0.0
+        images, wait, produced0 = 0, 0.0, loader.producer_cpu_seconds
         sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -176,11 +220,14 @@ def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> d
         seconds = time.perf_counter() - t0
         e2e.append(images / seconds)
         waits.append(wait / seconds)
+        produced.append((loader.producer_cpu_seconds - produced0) / steps * 1000)
     stream.close()
     c, e = statistics.median(ceil), statistics.median(e2e)
     return {"ceiling_images_per_second": c, "ceiling_spread": (max(ceil) - min(ceil)) / c,
             "images_per_second": e, "spread": (max(e2e) - min(e2e)) / e, "efficiency": e / c,
-            "data_wait_fraction": statistics.median(waits), "steps": steps, "repeats": repeats}
+            "data_wait_fraction": statistics.median(waits), "steps": steps, "repeats": repeats,
+            "chunk_batches": _loader_facts(loader, 1, 0.0)["chunk_batches"],
+            "producer_cpu_ms_per_batch": statistics.median(produced)}
 
 
 def _endless(loader):
@@ -189,12 +236,15 @@ def _endless(loader):
 
 
 def format_train_table(records: list[dict]) -> str:
-    lines = ["| model | compile | backend | device | amp | ceiling img/s | end-to-end img/s | efficiency "
-             "| data wait | spread |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | compile | backend | batches/chunk | device | amp | ceiling img/s | end-to-end img/s "
+             "| efficiency | data wait | producer CPU ms / batch | spread |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {r['device']} | {r['amp']} | "
+        produced = r.get("producer_cpu_ms_per_batch")
+        lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {r.get('chunk_batches') or '—'} | "
+                     f"{r['device']} | {r['amp']} | "
                      f"{r['ceiling_images_per_second']:,.0f} | {r['images_per_second']:,.0f} | "
                      f"{r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} | "
+                     f"{'—' if produced is None else format(produced, '.3f')} | "
                      f"{'±' + format(r['spread'] / 2, '.0%') if r['repeats'] > 1 else '—'} |")
     return "\n".join(lines)

@@ -1,10 +1,13 @@
 """Where a number came from: one record for every run's config.yaml and every benchmark JSON.
 
-normfast's version and git commit (when run from a checkout), the library versions
-(torch, torchvision, numpy, DALI, FFCV), the GPU, the CPU and the command line.
+normfast's version and git commit (when run from a checkout), a digest of the code that
+ran (`source`: the git commit can be stale where a working tree is copied without its
+history, as on a lent GPU machine), the library versions (torch, torchvision, numpy, DALI,
+FFCV), the GPU, the CPU and the command line.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import platform
@@ -60,6 +63,22 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+SOURCE_PACKAGES = ("normfast", "converters")
+
+
+def source_digest(root: Path | None = None) -> str | None:
+    """12 hex digits of SHA-256 over the .py files of normfast and the converters (relative
+    path and content, sorted): the same code gives the same digest on every machine."""
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    files = sorted(f for pkg in SOURCE_PACKAGES for f in (root / pkg).rglob("*.py") if "__pycache__" not in f.parts)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -74,7 +93,7 @@ def cpu_name() -> str:
 def provenance() -> dict:
     import numpy
     import torchvision
-    info = {"normfast": _dist_version(("normfast",)), "commit": git_commit(),
+    info = {"normfast": _dist_version(("normfast",)), "commit": git_commit(), "source": source_digest(),
             "python": platform.python_version(), "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__), "numpy": numpy.__version__}
     for key, module, dists in OPTIONAL:

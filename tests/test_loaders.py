@@ -362,3 +362,43 @@ def test_background_thread_raises_in_the_caller(synthetic, monkeypatch):
     monkeypatch.setattr(ld, "iter_epoch", broken)
     with pytest.raises(NormfastError, match="disk gone"):
         epoch(ld)
+
+
+@pytest.mark.parametrize("backend_", backend_params("dali", "ffcv"))
+def test_chunks_yield_the_same_batches(synthetic, backend_):
+    """A chunk of several training batches (the CUDA default) yields exactly the batches of
+    one batch at a time: order, crops, flips, sizes (a partial last chunk and batch),
+    drop_last, a rank's share, an epoch broken off inside a chunk, a jump."""
+    for extra in (dict(), dict(drop_last=True), dict(rank=1, world_size=2)):
+        kw = dict(augment=True, shuffle=True, seed=5, batch_size=128, **extra)
+        with loader(synthetic, backend_, "instance", **kw, chunk_batches=1) as one, \
+                loader(synthetic, backend_, "instance", **kw, chunk_batches=3) as three:
+            for _ in range(2):
+                x1, y1, b1 = epoch(one)
+                x3, y3, b3 = epoch(three)
+                assert [len(y) for _, y in b3] == [len(y) for _, y in b1]
+                assert torch.equal(y1, y3) and torch.equal(x1, x3)
+            it = iter(three)              # epoch 2 broken off inside its first chunk
+            next(it)
+            next(it)
+            it.close()
+            three.set_epoch(7)
+            one.set_epoch(7)
+            assert torch.equal(epoch(three)[0], epoch(one)[0])
+            assert three.producer_cpu_seconds > 0
+
+
+def test_chunk_batches_default_and_override():
+    from types import SimpleNamespace
+    from normfast.loaders import chunk_batches
+
+    def cfg(device="cuda", batch_size=256, shape=(32, 32, 3), **extra):
+        return SimpleNamespace(device=torch.device(device, 0) if device == "cuda" else torch.device(device),
+                               batch_size=batch_size, image_shape=shape, extra=extra)
+    assert chunk_batches(cfg()) == 10                     # 8 MB of 32 px batches of 256
+    assert chunk_batches(cfg(shape=(224, 224, 3))) == 1
+    assert chunk_batches(cfg(batch_size=32)) == 16        # capped
+    assert chunk_batches(cfg("cpu")) == 1
+    assert chunk_batches(cfg("cpu", chunk_batches=4)) == 4
+    with pytest.raises(NormfastError, match="chunk_batches"):
+        chunk_batches(cfg(chunk_batches=0))

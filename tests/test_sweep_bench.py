@@ -6,6 +6,7 @@ import yaml
 from click.testing import CliRunner
 
 from converters.convert import ConvertConfig, convert
+from loader_checks import needs
 from normfast.cli import main
 from normfast.errors import NormfastError
 from normfast.report import read_run
@@ -139,7 +140,27 @@ def test_bench_loaders_json(synthetic_dir, tmp_path):
     for x in recs:
         assert {"backend", "norm", "device", "images_per_second", "cpu_seconds_per_1000"} <= set(x)
         assert x["images"] == 128 and x["images_per_second"] > 0 and x["cpu_seconds_per_1000"] > 0
-    assert "| torch | finetune | shuffled | cpu |" in r.output and "1.0×" in r.output
+    assert "| torch | finetune | shuffled | — | cpu |" in r.output and "1.0×" in r.output
+    assert all(x["producer_cpu_ms_per_batch"] > 0 for x in recs)
+
+
+@needs("dali")
+def test_bench_loaders_compares_chunks(synthetic_dir, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(main, ["bench", "loaders", "--data", str(synthetic_dir), "--backend", "dali,torch",
+                                  "--norm", "finetune", "--device", "cpu", "--batch-size", "64",
+                                  "--chunk-batches", "auto,3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    recs = json.loads(out.read_text())["records"]
+    assert [(x["backend"], x["chunk_requested"], x["chunk_batches"]) for x in recs] == [
+        ("dali", "auto", 1), ("dali", 3, 3), ("torch", "auto", None)]
+    assert all(x["images"] == 600 for x in recs)
+
+
+def test_bench_rejects_a_bad_chunk_count(synthetic_dir):
+    r = CliRunner().invoke(main, ["bench", "loaders", "--data", str(synthetic_dir), "--backend", "resident",
+                                  "--device", "cpu", "--chunk-batches", "auto,0"])
+    assert r.exit_code != 0 and "--chunk-batches 'auto,0'" in r.output and "Traceback" not in r.output
 
 
 def test_bench_train_table(synthetic_dir, tmp_path):
@@ -151,4 +172,5 @@ def test_bench_train_table(synthetic_dir, tmp_path):
     rec = json.loads(out.read_text())["records"][0]
     assert rec["ceiling_images_per_second"] > 0 and rec["images_per_second"] > 0
     assert rec["efficiency"] == pytest.approx(rec["images_per_second"] / rec["ceiling_images_per_second"])
-    assert "| resnet18 | none | resident | cpu | off |" in r.output
+    assert "| resnet18 | none | resident | 1 | cpu | off |" in r.output
+    assert rec["producer_cpu_ms_per_batch"] > 0

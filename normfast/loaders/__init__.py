@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,12 +46,14 @@ from normfast.registry import Registry
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered backend: the module holding its `make_loader`, and the package it needs
-    beyond normfast's own (None: none) with how to install that package."""
+    """A registered backend: the module holding its `make_loader`, the package it needs
+    beyond normfast's own (None: none) with how to install that package, and whether it
+    takes `chunk_batches` (see `chunk_batches`)."""
     name: str
     module: str
     package: str | None = None
     install: str | None = None
+    chunked: bool = False
 
     def check_installed(self) -> None:
         """Raise a one-line NormfastError naming the install command when the package is missing."""
@@ -70,8 +73,8 @@ class Backend:
 
 backends: Registry[Backend] = Registry("backend")
 for _backend in (
-    Backend("dali", "normfast.loaders.dali_backend", "nvidia.dali", "pip install nvidia-dali-cuda120"),
-    Backend("ffcv", "normfast.loaders.ffcv_backend", "ffcv", "bash setup.sh (FFCV builds from source)"),
+    Backend("dali", "normfast.loaders.dali_backend", "nvidia.dali", "pip install nvidia-dali-cuda120", chunked=True),
+    Backend("ffcv", "normfast.loaders.ffcv_backend", "ffcv", "bash setup.sh (FFCV builds from source)", chunked=True),
     Backend("resident", "normfast.loaders.resident"),
     Backend("torch", "normfast.loaders.torch_backend"),
 ):
@@ -176,6 +179,38 @@ def build_loader(data, split: str, backend: str, batch_size: int, norm, augment:
 
 BACKGROUND_DEPTH = 2     # batches a loader's thread prepares ahead of the training loop
 
+CHUNK_BYTES = 8 << 20    # CUDA: uint8 input bytes a dali/ffcv loader prepares at once
+MAX_CHUNK_BATCHES = 16
+
+
+def chunk_batches(cfg: LoaderConfig) -> int:
+    """Training batches a backend prepares in one go (one DALI iteration, one FFCV batch,
+    one pass of the shared op), then yields as views (`batch_views`).
+
+    A loader's work per iteration is mostly fixed: scheduling, hand-over to torch, a dozen
+    kernel launches, all on a Python thread that shares the GIL with the training step
+    (measured on an H200: about 1 ms per DALI iteration whatever its 256 images weigh).
+    Preparing several batches at once divides that fixed cost by their number. On CUDA a
+    chunk holds about CHUNK_BYTES of uint8 input (ten 32 px batches of 256; one 224 px
+    batch); on the CPU one batch (there is no launch cost to save, and small working sets
+    stay in cache). `extra["chunk_batches"]` overrides."""
+    override = cfg.extra.get("chunk_batches")
+    if override is not None:
+        k = int(override)
+        if k < 1:
+            raise NormfastError(f"chunk_batches {override!r}: must be at least 1")
+        return k
+    if cfg.device.type != "cuda":
+        return 1
+    batch_bytes = cfg.batch_size * int(np.prod(cfg.image_shape))
+    return int(max(1, min(MAX_CHUNK_BATCHES, CHUNK_BYTES // max(1, batch_bytes))))
+
+
+def batch_views(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    """The consecutive training batches of a chunk, as views (the last may be partial)."""
+    for b in range(0, len(y), batch_size):
+        yield x[b:b + batch_size], y[b:b + batch_size]
+
 
 def in_background(batches, device: torch.device, depth: int = BACKGROUND_DEPTH):
     """Run an epoch's generator in its own thread, `depth` batches ahead.
@@ -241,15 +276,24 @@ class EpochLoader:
 
     A loader holds threads, pipelines or device memory: `close()` (or `with loader:`)
     releases them; a closed loader cannot be iterated again.
+
+    `producer_cpu_seconds` adds up the CPU time of the thread that runs the epochs'
+    generators while it is inside them: the loader's own Python and C++ work that competes
+    with the training step for the GIL (what `bench` reports per batch).
     """
+
+    BACKGROUND_ON_CUDA = True   # run epochs in a loader thread on CUDA (see in_background)
+    chunk: int | None = None    # training batches prepared at once (None: one at a time)
 
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg
         self.epoch = 0
         self.closed = False
         self._running = None      # the iterator of the epoch last started (closed by close())
+        self.producer_cpu_seconds = 0.0   # CPU time spent producing batches, in whichever thread
         background = cfg.extra.get("background")
-        self.background = cfg.device.type == "cuda" if background is None else bool(background)
+        self.background = (cfg.device.type == "cuda" and self.BACKGROUND_ON_CUDA) if background is None \
+            else bool(background)
         start, stop = shard_bounds(cfg.n, cfg.rank, cfg.world_size)
         self.shard_count = stop - start
 
@@ -286,9 +330,24 @@ class EpochLoader:
             raise NormfastError(f"{self.cfg.data_dir}: this {self.cfg.split} loader was closed")
         epoch = self.epoch
         self.epoch += 1
-        batches = self.iter_epoch(epoch)
+        batches = self._timed(self.iter_epoch(epoch))
         self._running = in_background(batches, self.cfg.device) if self.background else batches
         return self._running
+
+    def _timed(self, batches):
+        clock = time.thread_time
+        try:
+            while True:
+                t0 = clock()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                finally:
+                    self.producer_cpu_seconds += clock() - t0
+                yield batch
+        finally:
+            batches.close()
 
     def iter_epoch(self, epoch: int):
         raise NotImplementedError

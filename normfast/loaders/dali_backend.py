@@ -1,11 +1,14 @@
 """The `dali` backend: NVIDIA DALI decodes, augments and normalizes the webdataset shards.
 
 One DALI pipeline per loader, for the whole run, fed by an `external_source` callback.
-Each call hands DALI one batch, in the contract's order (`EpochLoader.plan`): the images
-of the batch's samples, their labels, and their crop anchors and flips (the draws every
-backend shares). The callback runs on the training thread each time a batch is scheduled,
-so its cost is one vectorized gather per shard and batch, never a Python loop per sample
-for raw shards:
+Each call hands DALI one chunk of `chunk_batches(cfg)` training batches (one batch on the
+CPU, about 8 MB of input on CUDA; an epoch's last chunk holds what is left), in the
+contract's order (`EpochLoader.plan`): the images of the chunk's samples, their labels,
+and their crop anchors and flips (the draws every backend shares). The loader yields each
+chunk's batches as views, so DALI's fixed cost per iteration (scheduling, the callback,
+hand-over to torch) is paid once per chunk. The callback runs on the loader's thread each
+time an iteration is scheduled, so its cost is one vectorized gather per shard and chunk,
+never a Python loop per sample for raw shards:
 
   raw:     a strided NumPy view (samples, H*W*C) of each memory-mapped tar (fixed-size
            members sit at a constant stride) and one fancy index per shard and batch;
@@ -24,10 +27,10 @@ DALI always produces float32 and torch casts to float16/bfloat16: DALI's GPU fp1
 conversion was seen up to 1.5e-3 off (more than half an fp16 ulp), and it has no bfloat16.
 Outputs are NHWC; `permute(0, 3, 1, 2)` makes them NCHW in channels-last memory at no cost.
 
-The pipeline keeps PREFETCH batches in flight, across epoch boundaries too: the callback's
+The pipeline keeps PREFETCH chunks in flight, across epoch boundaries too: the callback's
 stream runs on from epoch e into e+1. A jump (`set_epoch`, a resumed run) or an epoch
-broken off early is detected from the tags of the batches in flight, which are then
-drained (at most PREFETCH batches of work) before the stream restarts where asked.
+broken off early is detected from the tags of the chunks in flight, which are then
+drained (at most PREFETCH chunks of work) before the stream restarts where asked.
 """
 from __future__ import annotations
 
@@ -42,11 +45,11 @@ from nvidia.dali import Pipeline, fn, types
 
 from normfast.augment import PAD
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig
+from normfast.loaders import EpochLoader, LoaderConfig, batch_views, chunk_batches
 from normfast.manifest import Manifest
 from normfast.shards import ShardReader
 
-PREFETCH = 2      # pipeline iterations in flight (extra["dali_prefetch"] overrides)
+PREFETCH = 2      # pipeline iterations (chunks) in flight (extra["dali_prefetch"] overrides)
 
 
 # ---------------------------------------------------------------- the samples, vectorized
@@ -110,8 +113,8 @@ class ShardSamples:
 
 
 class Feed:
-    """The external source's callback: the next batch of a stream that runs from a start
-    epoch on through the following ones. Records the (epoch, batch) tag of every batch it
+    """The external source's callback: the next chunk of a stream that runs from a start
+    epoch on through the following ones. Records the (epoch, chunk) tag of every chunk it
     hands DALI, in order, in `in_flight` (the consumer pops them with the outputs)."""
 
     def __init__(self, loader: "DaliLoader"):
@@ -126,16 +129,18 @@ class Feed:
         self.stream = self._batches(epoch)
 
     def _batches(self, first: int):
-        loader, bs = self.loader, self.loader.cfg.batch_size
+        loader, size = self.loader, self.loader.chunk_size
         samples, augment = loader.samples, loader.cfg.augment
         for epoch in count(first):
             order, offsets, flips = loader.plan(epoch)
-            for b, s in enumerate(range(0, len(order), bs)):
-                idx = order[s:s + bs]
-                out = [samples.images(idx), samples.labels[idx]]
+            labels = samples.labels[order]
+            if augment:
+                anchors, flips = offsets - PAD, flips.astype(np.int32)
+            for c, s in enumerate(range(0, len(order), size)):
+                out = [samples.images(order[s:s + size]), labels[s:s + size]]
                 if augment:
-                    out += [offsets[s:s + bs] - PAD, flips[s:s + bs].astype(np.int32)]
-                yield (epoch, b), out
+                    out += [anchors[s:s + size], flips[s:s + size]]
+                yield (epoch, c), out
 
     def __call__(self):
         tag, batch = next(self.stream)
@@ -227,6 +232,8 @@ class DaliLoader(EpochLoader):
                                 f"manifest.json says {cfg.count}")
         self.device = cfg.device
         self.device_id = cfg.device.index if cfg.device.type == "cuda" else None
+        self.chunk = chunk_batches(cfg)              # training batches per DALI iteration
+        self.chunk_size = self.chunk * cfg.batch_size
         self.feed = Feed(self)
         self.pipe: Pipeline | None = None
         self._current = 0          # the live epoch generator (an older one stops at once)
@@ -235,14 +242,14 @@ class DaliLoader(EpochLoader):
     def _pipeline(self) -> Pipeline:
         if self.pipe is None:
             cfg = self.cfg
-            self.pipe = build_pipeline(self.samples.encoding, cfg.image_shape, cfg.batch_size,
+            self.pipe = build_pipeline(self.samples.encoding, cfg.image_shape, self.chunk_size,
                                        num_threads=cfg.num_workers, device_id=self.device_id,
                                        augment=cfg.augment, norm=cfg.spec, feed=self.feed,
                                        prefetch=self.prefetch)
         return self.pipe
 
     def _start(self, epoch: int) -> None:
-        """Make the batches in flight epoch `epoch`'s first ones (draining any others)."""
+        """Make the chunks in flight epoch `epoch`'s first ones (draining any others)."""
         pipe, feed = self._pipeline(), self.feed
         if feed.in_flight and feed.in_flight[0] == (epoch, 0):
             return
@@ -254,26 +261,26 @@ class DaliLoader(EpochLoader):
             pipe.schedule_run()
 
     def iter_epoch(self, epoch: int):
-        n = len(self)
+        n = -(-len(self) // self.chunk)     # chunks this epoch
         if n == 0:
             return
         self._current += 1
         me = self._current
         self._start(epoch)
         pipe, feed = self.pipe, self.feed
-        for b in range(n):
+        for c in range(n):
             if me != self._current or self.closed:
                 return
             pipe.schedule_run()             # one more in flight (it may be the next epoch's)
             tag = feed.in_flight[0]
-            assert tag == (epoch, b), f"DALI batch {tag} where {(epoch, b)} was expected"
+            assert tag == (epoch, c), f"DALI chunk {tag} where {(epoch, c)} was expected"
             x, y = self._outputs(pipe)
             feed.in_flight.popleft()
-            yield x.permute(0, 3, 1, 2), y
+            yield from batch_views(x.permute(0, 3, 1, 2), y, self.cfg.batch_size)
 
     def _outputs(self, pipe: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch as torch tensors in the loader's dtype (images NHWC, labels (N,)).
-        The host waits for DALI's GPU work of that batch (measured on an H200: ordering the
+        """The next chunk as torch tensors in the loader's dtype (images NHWC, labels (N,)).
+        The host waits for DALI's GPU work of that chunk (measured on an H200: ordering the
         outputs on torch's stream instead, with DALI's buffers held until an event, gained
         nothing, so the simpler form stays)."""
         images, labels = pipe.outputs()

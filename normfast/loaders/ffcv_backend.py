@@ -10,6 +10,9 @@ ffcv issue #396):
 then `BatchTransform(spec, device, dtype, augment)` with the epoch's crop offsets and flips
 from `EpochLoader.plan` (the same draws the `resident` and `dali` backends use): zero-pad
 PAD, crop at offsets 0..2*PAD, flip with p=0.5, normalize -> NCHW channels-last in `dtype`.
+FFCV's batches are chunks of `chunk_batches(cfg)` training batches (one on the CPU, about
+8 MB of input on CUDA), transformed in one pass and yielded as views: the op's dozen
+launches and FFCV's hand-over are paid once per chunk, not per training batch.
 
 Order: FFCV's traversal order is replaced by the contract's `epoch_order` (the same
 permutation the `resident` backend uses), so with the same seed this backend yields the
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_order, to_device
+from normfast.loaders import EpochLoader, LoaderConfig, batch_views, chunk_batches, epoch_order, to_device
 from normfast.augment import PAD
 from normfast.compat import keep_torch_threads
 from normfast.ops import BatchTransform
@@ -228,8 +231,11 @@ class FfcvLoader(EpochLoader):
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
         self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
+        self.chunk = chunk_batches(cfg)
+        self.chunk_size = self.chunk * cfg.batch_size
         if self.shard_count > 0:
-            self.stream = get_stream(self.path, cfg.batch_size, drop_last=cfg.drop_last,
+            # drop_last is already in the order (epoch_indices): FFCV must not drop a chunk's rest
+            self.stream = get_stream(self.path, self.chunk_size, drop_last=False,
                                      ffcv_augment=self.ffcv_augment, device=self.device,
                                      num_workers=cfg.num_workers, expected_count=cfg.count)
 
@@ -244,15 +250,15 @@ class FfcvLoader(EpochLoader):
             _, offsets, flips = self.plan(epoch)
             offsets, flips = to_device(offsets, self.device), to_device(flips, self.device)
         pos = 0
-        batches = self.stream.epoch(epoch, self.order)
+        chunks = self.stream.epoch(epoch, self.order)
         try:
-            for images, labels in batches:
+            for images, labels in chunks:
                 if torch_augment:
                     params = (offsets[pos:pos + len(labels)], flips[pos:pos + len(labels)])
                 pos += len(labels)
-                yield transform(images, *params), labels
+                yield from batch_views(transform(images, *params), labels, cfg.batch_size)
         finally:
-            batches.close()       # an epoch broken off stops FFCV's thread now, not at GC
+            chunks.close()        # an epoch broken off stops FFCV's thread now, not at GC
 
     def release(self) -> None:
         """Give the shared stream back (close() has already stopped a running epoch)."""
