@@ -29,6 +29,7 @@ import importlib
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +290,11 @@ class EpochLoader:
         self.cfg = cfg
         self.epoch = 0
         self.closed = False
-        self._running = None      # the iterator of the epoch last started (closed by close())
+        # the iterator of the epoch last started, for close(); a weak reference: the iterator
+        # holds the loader, so a strong one would make a cycle that keeps an unclosed
+        # loader's pipelines and threads alive until the cyclic GC runs (and a process that
+        # forks meanwhile, a DataLoader worker or FFCV's writer, can hang on DALI's threads)
+        self._running = None
         self.producer_cpu_seconds = 0.0   # CPU time spent producing batches, in whichever thread
         background = cfg.extra.get("background")
         self.background = (cfg.device.type == "cuda" and self.BACKGROUND_ON_CUDA) if background is None \
@@ -331,8 +336,9 @@ class EpochLoader:
         epoch = self.epoch
         self.epoch += 1
         batches = self._timed(self.iter_epoch(epoch))
-        self._running = in_background(batches, self.cfg.device) if self.background else batches
-        return self._running
+        running = in_background(batches, self.cfg.device) if self.background else batches
+        self._running = weakref.ref(running)
+        return running
 
     def _timed(self, batches):
         clock = time.thread_time
@@ -360,7 +366,8 @@ class EpochLoader:
         closed in the thread that runs it), then free what the backend holds."""
         if not self.closed:
             self.closed = True
-            running, self._running = self._running, None
+            running = self._running() if self._running is not None else None
+            self._running = None
             if running is not None:
                 running.close()
             self.release()
