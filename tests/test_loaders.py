@@ -314,6 +314,30 @@ def test_close_stops_the_loaders_threads(synthetic, backend_):
         iter(ld)
 
 
+@needs("dali")
+@pytest.mark.parametrize("background", [False, True])
+def test_an_unclosed_loader_is_freed_without_the_cyclic_gc(synthetic, background):
+    """A loader dropped without close(), in the middle of an epoch, frees its DALI threads
+    as soon as the last reference goes (no cycle through the running epoch): a fork soon
+    after (a DataLoader worker, FFCV's writer) must not meet DALI's threads."""
+    import gc
+    kw = dict(augment=True, shuffle=True, batch_size=64, background=background)
+    with loader(synthetic, "dali", "finetune", **kw) as warm:
+        epoch(warm)
+    gc.collect()
+    before = _threads()
+    gc.disable()
+    try:
+        ld = loader(synthetic, "dali", "finetune", **kw)
+        it = iter(ld)
+        next(it)
+        assert _threads() > before
+        del ld, it
+        assert _threads() <= before
+    finally:
+        gc.enable()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_close_returns_gpu_memory(synthetic, backend):
     import gc
@@ -402,3 +426,40 @@ def test_chunk_batches_default_and_override():
     assert chunk_batches(cfg("cpu", chunk_batches=4)) == 4
     with pytest.raises(NormfastError, match="chunk_batches"):
         chunk_batches(cfg(chunk_batches=0))
+
+
+@needs("dali")
+def test_dali_holds_its_buffers_until_the_copy_out_ran(synthetic, monkeypatch):
+    """The CUDA hand-over, with a fake event (no GPU here): each chunk is copied out of
+    DALI's buffers, which are kept until the copy's event has passed, and release() waits
+    for every copy still queued. Batches are the same as the CPU form's."""
+    class FakeEvent:
+        made: list = []
+
+        def __init__(self):
+            self.polls, self.synced = 0, False
+            FakeEvent.made.append(self)
+
+        def record(self):
+            pass
+
+        def query(self):              # done on the third look
+            self.polls += 1
+            return self.polls >= 3 or self.synced
+
+        def synchronize(self):
+            self.synced = True
+
+    kw = dict(augment=True, shuffle=True, seed=6, batch_size=100, chunk_batches=2, background=False)
+    with loader(synthetic, "dali", "finetune", **kw) as ref:
+        want = epoch(ref)[:2]
+    ld = loader(synthetic, "dali", "finetune", **kw)
+    ld._pipeline()                    # built on the CPU, then handed over as if on CUDA
+    ld.device_id = 0
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    x, y, _ = epoch(ld)
+    assert torch.equal(x, want[0]) and torch.equal(y, want[1])
+    assert len(FakeEvent.made) == 3 and 0 < len(ld._held) < 3       # 600 images: 3 chunks of 200
+    held = [h[0] for h in ld._held]
+    ld.close()
+    assert not ld._held and all(e.synced for e in held)

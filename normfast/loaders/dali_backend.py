@@ -237,6 +237,7 @@ class DaliLoader(EpochLoader):
         self.feed = Feed(self)
         self.pipe: Pipeline | None = None
         self._current = 0          # the live epoch generator (an older one stops at once)
+        self._held: deque = deque()  # CUDA: (event, DALI outputs) until the copy out of them ran
         self.prefetch = int(cfg.extra.get("dali_prefetch") or PREFETCH)
 
     def _pipeline(self) -> Pipeline:
@@ -281,13 +282,32 @@ class DaliLoader(EpochLoader):
     def _outputs(self, pipe: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
         """The next chunk as torch tensors in the loader's dtype (images NHWC, labels (N,)).
         The host waits for DALI's GPU work of that chunk (measured on an H200: ordering the
-        outputs on torch's stream instead, with DALI's buffers held until an event, gained
-        nothing, so the simpler form stays)."""
+        outputs on torch's stream instead gained nothing, so the simpler form stays).
+
+        On CUDA the chunk is copied (cast) into torch's own memory on torch's stream, and
+        DALI's buffers are kept until an event after that copy has passed: the copy may run
+        well after this call returns (the stream holds the steps queued before it), and a
+        chunk's views live for several steps, so neither may depend on when DALI reuses a
+        buffer it handed out. On the CPU the view is used directly (nothing is queued)."""
         images, labels = pipe.outputs()
-        x = _to_torch(images, self.device)
-        return (x if x.dtype == self.cfg.dtype else x.to(self.cfg.dtype)), _to_torch(labels, self.device).reshape(-1)
+        x, y = _to_torch(images, self.device), _to_torch(labels, self.device).reshape(-1)
+        if self.device_id is None:
+            return (x if x.dtype == self.cfg.dtype else x.to(self.cfg.dtype)), y
+        xt, yt = x.to(self.cfg.dtype, copy=True), y.clone()
+        done = torch.cuda.Event()
+        done.record()                       # on the current stream, after the copies
+        self._held.append((done, images, labels, x, y))
+        while self._held and self._held[0][0].query():
+            self._held.popleft()
+        return xt, yt
+
+    def _drop_held(self) -> None:
+        """Wait for the copies out of DALI's buffers still queued, then let the buffers go."""
+        while self._held:
+            self._held.popleft()[0].synchronize()
 
     def release(self) -> None:
+        self._drop_held()
         shutdown(self.pipe)
         self.pipe = None
         self.feed.in_flight.clear()
