@@ -4,6 +4,9 @@
 #   1. dali shuffled >= 90% of dali in stored order (the shuffled source costs nothing extra)
 #   2. in `bench loaders`, a backend measured after others >= 90% of its figure alone
 #      (each loader is closed before the next is built: nothing of one slows the next)
+#   3. (information, no target) the CPU time per batch of the thread that produces dali's
+#      and ffcv's batches (on a GPU: the time taken from the training step), one batch per
+#      chunk against CHUNK (default 10: the CUDA default for 32 px batches of 256)
 # LIMIT (default 50000) synthetic 32 px images, batch 256, finetune, float32, EPOCHS timed
 # epochs after a warm-up epoch.
 set -euo pipefail
@@ -19,6 +22,7 @@ bench --backend dali --order shuffled,stored --json "$WORK/order.json"
 for b in dali ffcv resident; do bench --backend "$b" --json "$WORK/alone-$b.json"; done
 bench --backend dali,ffcv,resident --json "$WORK/after-1.json"
 bench --backend resident,ffcv,dali --json "$WORK/after-2.json"
+bench --backend dali,ffcv --chunk-batches "1,${CHUNK:-10}" --json "$WORK/chunks.json"
 "$PY" - "$WORK" "$R" <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -40,12 +44,21 @@ for run in ("after-1", "after-2"):
         before = ", ".join(x["backend"] for x in recs[:i])
         verdict(f"{r['backend']} after {before} / alone", r["images_per_second"] / alone[r["backend"]], 0.90,
                 f"({r['images_per_second']:,.0f} vs {alone[r['backend']]:,.0f} img/s)")
+chunks = load("chunks")
+for b in ("dali", "ffcv"):
+    one, big = [r for r in chunks if r["backend"] == b and r["chunk_batches"] == 1][0], \
+        [r for r in chunks if r["backend"] == b and r["chunk_batches"] != 1][0]
+    lines.append(f"INFO  {b} producer CPU per batch, {big['chunk_batches']} batches per chunk / 1: "
+                 f"{big['producer_cpu_ms_per_batch'] / one['producer_cpu_ms_per_batch']:.0%} "
+                 f"({big['producer_cpu_ms_per_batch']:.3f} vs {one['producer_cpu_ms_per_batch']:.3f} ms; "
+                 f"{big['images_per_second']:,.0f} vs {one['images_per_second']:,.0f} img/s)")
 m = machine()
 text = (f"# CPU proxies of the GPU targets\n\n{m['cpu']} ({m['cpus']} cores), torch {m['torch']}, DALI {m['dali']}, "
-        f"FFCV {m['ffcv']}, normfast commit {m['commit']}.\n`bash benchmarks/cpu_proxies.sh`: synthetic 32 px "
+        f"FFCV {m['ffcv']}, normfast commit {m['commit']} (source {m['source']}).\n`bash benchmarks/cpu_proxies.sh`: synthetic 32 px "
         "images, batch 256, finetune, float32, timed epochs after a warm-up epoch.\n\n```\n" + "\n".join(lines) + "\n```\n")
 Path(f"{prefix}.md").write_text(text)
 Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "verdicts": lines, "order": rate, "alone": alone,
-                                              "after": {k: load(k) for k in ("after-1", "after-2")}}, indent=2) + "\n")
+                                              "after": {k: load(k) for k in ("after-1", "after-2")},
+                                              "chunks": chunks}, indent=2) + "\n")
 print(text)
 PYEOF
