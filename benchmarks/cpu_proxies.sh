@@ -8,7 +8,9 @@
 #      and ffcv's batches (on a GPU: the time taken from the training step), one batch per
 #      chunk against CHUNK (default 10: the CUDA default for 32 px batches of 256)
 # LIMIT (default 50000) synthetic 32 px images, batch 256, finetune, float32, EPOCHS timed
-# epochs after a warm-up epoch.
+# epochs after a warm-up epoch. Every measurement is repeated REPEATS times (default 3),
+# the rounds interleaved, and each ratio is taken between medians (one round on this
+# shared 2-core machine moves by +-20%).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -18,17 +20,31 @@ R=${RESULTS:-benchmarks/results/proxies-cpu}
 WORK=${WORK:-$(mktemp -d)}
 "$PY" -m normfast convert synthetic --out "$WORK/syn" --limit "$LIMIT" --force -q
 bench() { "$PY" -m normfast bench loaders --data "$WORK/syn" --device cpu --norm finetune --epochs "$EPOCHS" "$@"; }
-bench --backend dali --order shuffled,stored --json "$WORK/order.json"
-for b in dali ffcv resident; do bench --backend "$b" --json "$WORK/alone-$b.json"; done
-bench --backend dali,ffcv,resident --json "$WORK/after-1.json"
-bench --backend resident,ffcv,dali --json "$WORK/after-2.json"
-bench --backend dali,ffcv --chunk-batches "1,${CHUNK:-10}" --json "$WORK/chunks.json"
-"$PY" - "$WORK" "$R" <<'PYEOF'
-import json, sys
+REPEATS=${REPEATS:-3}
+for i in $(seq "$REPEATS"); do
+  bench --backend dali --order shuffled,stored --json "$WORK/order.$i.json"
+  for b in dali ffcv resident; do bench --backend "$b" --json "$WORK/alone-$b.$i.json"; done
+  bench --backend dali,ffcv,resident --json "$WORK/after-1.$i.json"
+  bench --backend resident,ffcv,dali --json "$WORK/after-2.$i.json"
+  bench --backend dali,ffcv --chunk-batches "1,${CHUNK:-10}" --json "$WORK/chunks.$i.json"
+done
+"$PY" - "$WORK" "$R" "$REPEATS" <<'PYEOF'
+import json, statistics, sys
 from pathlib import Path
 from normfast.bench import machine
-work, prefix = Path(sys.argv[1]), sys.argv[2]
-load = lambda name: json.loads((work / f"{name}.json").read_text())["records"]
+work, prefix, repeats = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+METRICS = ("images_per_second", "producer_cpu_ms_per_batch")
+def load(name):
+    """The records of `name`, each metric the median over the rounds (rounds kept in 'rounds')."""
+    rounds = [json.loads((work / f"{name}.{i}.json").read_text())["records"] for i in range(1, repeats + 1)]
+    out = []
+    for k, rec in enumerate(rounds[0]):
+        rec = dict(rec)
+        for m in METRICS:
+            rec[m] = statistics.median(r[k][m] for r in rounds)
+        rec["rounds"] = [{m: r[k][m] for m in METRICS} for r in rounds]
+        out.append(rec)
+    return out
 rate = {r["order"]: r["images_per_second"] for r in load("order")}
 lines, rows = [], []
 def verdict(name, value, target, detail):
@@ -55,7 +71,8 @@ for b in ("dali", "ffcv"):
 m = machine()
 text = (f"# CPU proxies of the GPU targets\n\n{m['cpu']} ({m['cpus']} cores), torch {m['torch']}, DALI {m['dali']}, "
         f"FFCV {m['ffcv']}, normfast commit {m['commit']} (source {m['source']}).\n`bash benchmarks/cpu_proxies.sh`: synthetic 32 px "
-        "images, batch 256, finetune, float32, timed epochs after a warm-up epoch.\n\n```\n" + "\n".join(lines) + "\n```\n")
+        f"images, batch 256, finetune, float32, timed epochs after a warm-up epoch; medians of {repeats} "
+        "interleaved rounds.\n\n```\n" + "\n".join(lines) + "\n```\n")
 Path(f"{prefix}.md").write_text(text)
 Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "verdicts": lines, "order": rate, "alone": alone,
                                               "after": {k: load(k) for k in ("after-1", "after-2")},
