@@ -194,10 +194,14 @@ class Trainer:
         self.step.train(train)
         meter = Meter(self.device)
         steps = 0
+        # A last training batch of ONE sample is trained with the batch before it (BatchNorm
+        # cannot normalize a single sample whose feature maps are 1x1, as at 32 px). This also
+        # keeps DDP ranks in step: shards differ by at most one sample, so a rank has one batch
+        # more than another exactly when its last batch holds one sample, now folded in.
+        steps_here = len(loader) - (1 if train and single_last_batch(loader) else 0)
         # Under DDP every rank must take the same number of optimizer steps (Adam's state
-        # would drift apart otherwise): shards differ by at most one sample, so a rank may
-        # skip its last batch when it has one more than the smallest shard.
-        limit = int(self.dist.min(len(loader), self.device)) if (train and self.dist.enabled) else len(loader)
+        # would drift apart otherwise); the fold above makes the counts equal, min() guards it.
+        limit = int(self.dist.min(steps_here, self.device)) if (train and self.dist.enabled) else steps_here
         desc = f"epoch {epoch + 1}/{self.cfg.epochs} {'train' if train else 'test'}"
         bar = progress_bar(loader.num_samples, desc, self.cfg.quiet or not self.dist.main)
         self._sync()
@@ -210,6 +214,10 @@ class Trainer:
                 if batch is None:
                     break
                 x, y = batch
+                if steps == steps_here - 1 and steps_here < len(loader):    # fold the single last sample in
+                    tail = next(it, None)
+                    if tail is not None:
+                        x, y = torch.cat([x, tail[0]]), torch.cat([y, tail[1]])
                 loss, out = self.step(x, y, train)
                 if train:
                     self._debug_step(epoch, steps, y)
@@ -338,6 +346,12 @@ class Trainer:
             {"selected_by": "val" if self.cfg.val_fraction else "test"} | best
             | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
                "finished": epochs_done >= self.cfg.epochs, **self.weights_record})
+
+
+def single_last_batch(loader) -> bool:
+    """Whether an epoch of `loader` ends in a batch of exactly one sample after others."""
+    n, bs = loader.num_samples, loader.cfg.batch_size
+    return len(loader) > 1 and n % bs == 1
 
 
 def per_rank_batch_sizes(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
