@@ -62,8 +62,11 @@ for run in ("after-1", "after-2"):
                 f"({r['images_per_second']:,.0f} vs {alone[r['backend']]:,.0f} img/s)")
 chunks = load("chunks")
 for b in ("dali", "ffcv"):
-    one, big = [r for r in chunks if r["backend"] == b and r["chunk_batches"] == 1][0], \
-        [r for r in chunks if r["backend"] == b and r["chunk_batches"] != 1][0]
+    one = [r for r in chunks if r["backend"] == b and r["chunk_batches"] == 1]
+    big = [r for r in chunks if r["backend"] == b and r["chunk_batches"] != 1]
+    if not (one and big):
+        continue                      # CHUNK=1: nothing to compare
+    one, big = one[0], big[0]
     lines.append(f"INFO  {b} producer CPU per batch, {big['chunk_batches']} batches per chunk / 1: "
                  f"{big['producer_cpu_ms_per_batch'] / one['producer_cpu_ms_per_batch']:.0%} "
                  f"({big['producer_cpu_ms_per_batch']:.3f} vs {one['producer_cpu_ms_per_batch']:.3f} ms; "

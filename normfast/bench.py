@@ -56,11 +56,18 @@ def _chunk_variants(backend: str, chunks: list[int | None]) -> list[int | None]:
     return chunks if backends.get(backend).chunked else [None]
 
 
-def _loader_facts(loader, batches: int, cpu0: float) -> dict:
+def _producer_mark(loader) -> tuple[float, int]:
+    return loader.producer_cpu_seconds, loader.producer_batches
+
+
+def _loader_facts(loader, mark: tuple[float, int]) -> dict:
     """What a benchmark records of the loader itself: the training batches it prepares at
-    once (None: one at a time) and its producer thread's CPU milliseconds per batch."""
+    once (None: one at a time) and its producer thread's CPU milliseconds per batch since
+    `mark` (over the batches the producer made, which may run ahead of those consumed)."""
+    cpu0, batches0 = mark
+    made = loader.producer_batches - batches0
     return {"chunk_batches": loader.chunk,
-            "producer_cpu_ms_per_batch": (loader.producer_cpu_seconds - cpu0) / max(1, batches) * 1000}
+            "producer_cpu_ms_per_batch": (loader.producer_cpu_seconds - cpu0) / max(1, made) * 1000}
 
 
 def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str = "float32",
@@ -87,15 +94,13 @@ def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str 
                         for _ in _take(loader, max_batches):          # warm-up epoch: compile, caches
                             pass
                         sync(device)
-                        images, batches, cpu0, t0 = 0, 0, cpu_seconds(), time.perf_counter()
-                        produced0 = loader.producer_cpu_seconds
+                        images, cpu0, t0, mark = 0, cpu_seconds(), time.perf_counter(), _producer_mark(loader)
                         for _ in range(epochs):
                             for x, _ in _take(loader, max_batches):
                                 images += x.shape[0]
-                                batches += 1
                         sync(device)
                         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-                        facts = _loader_facts(loader, batches, produced0)
+                        facts = _loader_facts(loader, mark)
                     rec = {"backend": backend, "norm": norm, "order": order, "device": str(device), "dtype": dtype,
                            "batch_size": batch_size, "images": images, "seconds": seconds,
                            "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000,
@@ -207,7 +212,7 @@ def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> d
             step(x0, y0)
         sync(device)
         ceil.append(steps * len(y0) / (time.perf_counter() - t0))
-        images, wait, produced0 = 0, 0.0, loader.producer_cpu_seconds
+        images, wait, mark = 0, 0.0, _producer_mark(loader)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -220,13 +225,13 @@ def _bench_one(step, loader, device, steps: int, warmup: int, repeats: int) -> d
         seconds = time.perf_counter() - t0
         e2e.append(images / seconds)
         waits.append(wait / seconds)
-        produced.append((loader.producer_cpu_seconds - produced0) / steps * 1000)
+        produced.append(_loader_facts(loader, mark)["producer_cpu_ms_per_batch"])
     stream.close()
     c, e = statistics.median(ceil), statistics.median(e2e)
     return {"ceiling_images_per_second": c, "ceiling_spread": (max(ceil) - min(ceil)) / c,
             "images_per_second": e, "spread": (max(e2e) - min(e2e)) / e, "efficiency": e / c,
             "data_wait_fraction": statistics.median(waits), "steps": steps, "repeats": repeats,
-            "chunk_batches": _loader_facts(loader, 1, 0.0)["chunk_batches"],
+            "chunk_batches": loader.chunk,
             "producer_cpu_ms_per_batch": statistics.median(produced)}
 
 

@@ -315,7 +315,9 @@ def _write_bench_json(path, records):
 @click.option("--dtype", default="float32", show_default=True, help="float32 | float16 | bfloat16.")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--epochs", default=1, show_default=True, help="Timed epochs after one warm-up epoch.")
-@click.option("--max-batches", type=int, help="Cap batches per epoch (quick runs).")
+@click.option("--max-batches", type=int,
+              help="Cap batches per epoch (quick runs; an epoch broken off costs a chunked loader its chunks "
+                   "in flight, so compare chunk sizes on whole epochs).")
 @click.option("--num-workers", default=2, show_default=True, help="Worker threads/processes per loader.")
 @click.option("--order", default="shuffled", show_default=True,
               help="shuffled (the training order), stored (no shuffle), or both: shuffled,stored.")

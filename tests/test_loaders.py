@@ -388,28 +388,36 @@ def test_background_thread_raises_in_the_caller(synthetic, monkeypatch):
         epoch(ld)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("backend_", backend_params("dali", "ffcv"))
-def test_chunks_yield_the_same_batches(synthetic, backend_):
+def test_chunks_yield_the_same_batches(synthetic, backend_, device):
     """A chunk of several training batches (the CUDA default) yields exactly the batches of
     one batch at a time: order, crops, flips, sizes (a partial last chunk and batch),
-    drop_last, a rank's share, an epoch broken off inside a chunk, a jump."""
-    for extra in (dict(), dict(drop_last=True), dict(rank=1, world_size=2)):
-        kw = dict(augment=True, shuffle=True, seed=5, batch_size=128, **extra)
+    drop_last, a rank's share, an epoch broken off inside a chunk, a jump; with and without
+    the loader thread. On CUDA equal up to float rounding (a reduction's kernel may change
+    with the batch's size)."""
+    same = torch.equal if device == "cpu" else (
+        lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=1e-5) is None)
+    for extra in (dict(), dict(drop_last=True), dict(rank=1, world_size=2), dict(background=device == "cpu")):
+        kw = dict(augment=True, shuffle=True, seed=5, batch_size=128, device=device, **extra)
         with loader(synthetic, backend_, "instance", **kw, chunk_batches=1) as one, \
                 loader(synthetic, backend_, "instance", **kw, chunk_batches=3) as three:
             for _ in range(2):
                 x1, y1, b1 = epoch(one)
                 x3, y3, b3 = epoch(three)
                 assert [len(y) for _, y in b3] == [len(y) for _, y in b1]
-                assert torch.equal(y1, y3) and torch.equal(x1, x3)
+                assert torch.equal(y1, y3) and same(x1, x3)
             it = iter(three)              # epoch 2 broken off inside its first chunk
             next(it)
             next(it)
             it.close()
             three.set_epoch(7)
             one.set_epoch(7)
-            assert torch.equal(epoch(three)[0], epoch(one)[0])
-            assert three.producer_cpu_seconds > 0
+            assert same(epoch(three)[0], epoch(one)[0])
+            assert three.producer_cpu_seconds > 0 and three.producer_batches > 0
 
 
 def test_chunk_batches_default_and_override():
@@ -424,8 +432,9 @@ def test_chunk_batches_default_and_override():
     assert chunk_batches(cfg(batch_size=32)) == 16        # capped
     assert chunk_batches(cfg("cpu")) == 1
     assert chunk_batches(cfg("cpu", chunk_batches=4)) == 4
-    with pytest.raises(NormfastError, match="chunk_batches"):
-        chunk_batches(cfg(chunk_batches=0))
+    for bad in (0, 2.5, "4", True):
+        with pytest.raises(NormfastError, match="chunk_batches"):
+            chunk_batches(cfg(chunk_batches=bad))
 
 
 @needs("dali")
@@ -440,8 +449,8 @@ def test_dali_holds_its_buffers_until_the_copy_out_ran(synthetic, monkeypatch):
             self.polls, self.synced = 0, False
             FakeEvent.made.append(self)
 
-        def record(self):
-            pass
+        def record(self, stream=None):
+            assert stream == "the loader's stream"
 
         def query(self):              # done on the third look
             self.polls += 1
@@ -457,6 +466,8 @@ def test_dali_holds_its_buffers_until_the_copy_out_ran(synthetic, monkeypatch):
     ld._pipeline()                    # built on the CPU, then handed over as if on CUDA
     ld.device_id = 0
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: "the loader's stream" if device == ld.device else None)
     x, y, _ = epoch(ld)
     assert torch.equal(x, want[0]) and torch.equal(y, want[1])
     assert len(FakeEvent.made) == 3 and 0 < len(ld._held) < 3       # 600 images: 3 chunks of 200

@@ -197,10 +197,9 @@ def chunk_batches(cfg: LoaderConfig) -> int:
     stay in cache). `extra["chunk_batches"]` overrides."""
     override = cfg.extra.get("chunk_batches")
     if override is not None:
-        k = int(override)
-        if k < 1:
-            raise NormfastError(f"chunk_batches {override!r}: must be at least 1")
-        return k
+        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+            raise NormfastError(f"chunk_batches {override!r}: must be a whole number of at least 1")
+        return override
     if cfg.device.type != "cuda":
         return 1
     batch_bytes = cfg.batch_size * int(np.prod(cfg.image_shape))
@@ -279,8 +278,10 @@ class EpochLoader:
     releases them; a closed loader cannot be iterated again.
 
     `producer_cpu_seconds` adds up the CPU time of the thread that runs the epochs'
-    generators while it is inside them: the loader's own Python and C++ work that competes
-    with the training step for the GIL (what `bench` reports per batch).
+    generators while it is inside them, over `producer_batches` batches: the loader's own
+    Python and C++ work, which competes with the training step for the GIL (`bench` reports
+    the ratio). It includes host waits that spin (a CUDA sync may), so it is an upper bound
+    of the GIL time.
     """
 
     BACKGROUND_ON_CUDA = True   # run epochs in a loader thread on CUDA (see in_background)
@@ -296,6 +297,7 @@ class EpochLoader:
         # forks meanwhile, a DataLoader worker or FFCV's writer, can hang on DALI's threads)
         self._running = None
         self.producer_cpu_seconds = 0.0   # CPU time spent producing batches, in whichever thread
+        self.producer_batches = 0         # ...and the batches it produced
         background = cfg.extra.get("background")
         self.background = (cfg.device.type == "cuda" and self.BACKGROUND_ON_CUDA) if background is None \
             else bool(background)
@@ -351,6 +353,7 @@ class EpochLoader:
                     return
                 finally:
                     self.producer_cpu_seconds += clock() - t0
+                self.producer_batches += 1
                 yield batch
         finally:
             batches.close()

@@ -209,8 +209,9 @@ def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, d
 
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     with device:
-        # The dynamic executor (DALI's default) hands out buffers it never reuses, so a
-        # view is safe to keep; the classic executor recycles them on the next run().
+        # A view of DALI's buffer. On the CPU it is kept for the chunk's steps: the dynamic
+        # executor (DALI's default) hands out buffers it never reuses (the classic executor
+        # recycles them on the next run()). On CUDA `_outputs` copies out of it at once.
         return torch.from_dlpack(tensor_list.as_tensor())
 
 
@@ -255,7 +256,7 @@ class DaliLoader(EpochLoader):
         if feed.in_flight and feed.in_flight[0] == (epoch, 0):
             return
         while feed.in_flight:               # a jump, or an epoch broken off: discard
-            self._outputs(pipe)
+            pipe.outputs()                  # (nothing reads these buffers: no copy, no hold)
             feed.in_flight.popleft()
         feed.start(epoch)
         while len(feed.in_flight) < self.prefetch:   # DALI's first call already fills its queue
@@ -281,21 +282,21 @@ class DaliLoader(EpochLoader):
 
     def _outputs(self, pipe: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
         """The next chunk as torch tensors in the loader's dtype (images NHWC, labels (N,)).
-        The host waits for DALI's GPU work of that chunk (measured on an H200: ordering the
-        outputs on torch's stream instead gained nothing, so the simpler form stays).
+        The host waits in `outputs()` for DALI's GPU work of that chunk.
 
-        On CUDA the chunk is copied (cast) into torch's own memory on torch's stream, and
-        DALI's buffers are kept until an event after that copy has passed: the copy may run
-        well after this call returns (the stream holds the steps queued before it), and a
-        chunk's views live for several steps, so neither may depend on when DALI reuses a
-        buffer it handed out. On the CPU the view is used directly (nothing is queued)."""
+        On CUDA the chunk is copied (cast) into torch's own memory on torch's current stream
+        of the loader's device, and DALI's buffers are kept until an event recorded after
+        that copy has passed: the copy may run well after this call returns (the stream
+        holds the steps queued before it), and a chunk's views live for several steps, so
+        neither may depend on when DALI reuses a buffer it handed out. On the CPU the view
+        is used directly (nothing is queued)."""
         images, labels = pipe.outputs()
         x, y = _to_torch(images, self.device), _to_torch(labels, self.device).reshape(-1)
         if self.device_id is None:
             return (x if x.dtype == self.cfg.dtype else x.to(self.cfg.dtype)), y
-        xt, yt = x.to(self.cfg.dtype, copy=True), y.clone()
+        xt, yt = x.to(self.cfg.dtype, copy=True), y.clone()    # on self.device's current stream
         done = torch.cuda.Event()
-        done.record()                       # on the current stream, after the copies
+        done.record(torch.cuda.current_stream(self.device))   # after the copies, whatever device is current
         self._held.append((done, images, labels, x, y))
         while self._held and self._held[0][0].query():
             self._held.popleft()
