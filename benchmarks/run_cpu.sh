@@ -9,7 +9,7 @@ R=benchmarks/results
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$R"
 $PY -m normfast convert synthetic --out "$WORK/syn50k" --limit 50000 --force -q
-$PY -m normfast bench loaders --data "$WORK/syn50k" --device cpu --json "$R/loaders-cpu.json" | tee "$R/loaders-cpu.log"
+$PY -m normfast bench loaders --data "$WORK/syn50k" --device cpu --epochs 2 --json "$R/loaders-cpu.json" | tee "$R/loaders-cpu.log"
 $PY -m normfast bench train --data "$WORK/syn50k" --device cpu --model resnet18 --steps 10 --warmup 3 \
   --repeats 3 --json "$R/train-cpu.json" | tee "$R/train-cpu.log"
 $PY benchmarks/bench_convert.py --limit 100000 --size 64 --out "$R/convert-cpu.json"
