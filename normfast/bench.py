@@ -105,7 +105,7 @@ def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str 
                            "batch_size": batch_size, "images": images, "seconds": seconds,
                            "images_per_second": images / seconds, "cpu_seconds_per_1000": cpu / images * 1000,
                            "chunk_requested": chunk or "auto", **facts}
-                    echo(f"{backend:9s} {norm:9s} {order:8s} {_chunk_label(rec):>8s} "
+                    echo(f"{backend:9s} {norm:9s} {order:8s} {_chunk_label(rec):>15s} "
                          f"{rec['images_per_second']:10.0f} img/s  {rec['cpu_seconds_per_1000']:.3f} CPU s/1000 img  "
                          f"producer {rec['producer_cpu_ms_per_batch']:.3f} CPU ms/batch")
                     records.append(rec)
@@ -113,7 +113,14 @@ def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str 
 
 
 def _chunk_label(rec: dict) -> str:
-    return "—" if rec.get("chunk_batches") is None else f"chunk {rec['chunk_batches']}"
+    return "—" if rec.get("chunk_batches") is None else f"chunk {_chunk_cell(rec)}"
+
+
+def _chunk_cell(rec: dict) -> str:
+    """Training batches per chunk, marked `(auto)` where it is the backend's default."""
+    if rec.get("chunk_batches") is None:
+        return "—"
+    return f"{rec['chunk_batches']}{' (auto)' if rec.get('chunk_requested') == 'auto' else ''}"
 
 
 def _take(loader, max_batches):
@@ -133,7 +140,7 @@ def format_loader_table(records: list[dict]) -> str:
         ratio = f"{r['images_per_second'] / base[key(r)]:.1f}×" if key(r) in base else "—"
         produced = r.get("producer_cpu_ms_per_batch")
         lines.append(f"| {r['backend']} | {r['norm']} | {r.get('order', 'shuffled')} | "
-                     f"{r.get('chunk_batches') or '—'} | {r['device']} | "
+                     f"{_chunk_cell(r)} | {r['device']} | "
                      f"{r['images_per_second']:,.0f} | {ratio} | {r['cpu_seconds_per_1000']:.3f} | "
                      f"{'—' if produced is None else format(produced, '.3f')} |")
     return "\n".join(lines)
@@ -185,7 +192,7 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
                     rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
                             "device": str(device), "amp": amp, "batch_size": batch_size,
                             "image_shape": list(manifest.image_shape), "chunk_requested": chunk or "auto"}
-                    echo(f"{model:11s} {compile_mode:10s} {backend:9s} {_chunk_label(rec):>8s} "
+                    echo(f"{model:11s} {compile_mode:10s} {backend:9s} {_chunk_label(rec):>15s} "
                          f"ceiling {rec['ceiling_images_per_second']:9.0f}  "
                          f"end-to-end {rec['images_per_second']:9.0f} img/s  efficiency {rec['efficiency']:.0%}  "
                          f"data wait {rec['data_wait_fraction']:.0%}  "
@@ -246,7 +253,7 @@ def format_train_table(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         produced = r.get("producer_cpu_ms_per_batch")
-        lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {r.get('chunk_batches') or '—'} | "
+        lines.append(f"| {r['model']} | {r['compile']} | {r['backend']} | {_chunk_cell(r)} | "
                      f"{r['device']} | {r['amp']} | "
                      f"{r['ceiling_images_per_second']:,.0f} | {r['images_per_second']:,.0f} | "
                      f"{r['efficiency']:.0%} | {r['data_wait_fraction']:.0%} | "

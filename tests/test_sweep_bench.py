@@ -172,5 +172,5 @@ def test_bench_train_table(synthetic_dir, tmp_path):
     rec = json.loads(out.read_text())["records"][0]
     assert rec["ceiling_images_per_second"] > 0 and rec["images_per_second"] > 0
     assert rec["efficiency"] == pytest.approx(rec["images_per_second"] / rec["ceiling_images_per_second"])
-    assert "| resnet18 | none | resident | 1 | cpu | off |" in r.output
+    assert "| resnet18 | none | resident | 1 (auto) | cpu | off |" in r.output
     assert rec["producer_cpu_ms_per_batch"] > 0
