@@ -487,3 +487,18 @@ def test_dali_holds_its_buffers_until_the_copy_out_ran(synthetic, monkeypatch):
     held = [h[0] for h in ld._held]
     ld.close()
     assert not ld._held and all(e.synced for e in held)
+
+
+@pytest.mark.parametrize("backend_", backend_params("dali", "ffcv", "resident"))
+def test_an_epoch_order_is_drawn_once(synthetic, backend_, monkeypatch):
+    """Each epoch's permutation is computed once per loader (ffcv used to draw it twice: for
+    its crops and for FFCV's traversal order)."""
+    import normfast.loaders as loaders_mod
+    calls = []
+    real = loaders_mod.epoch_order
+    monkeypatch.setattr(loaders_mod, "epoch_order", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    with loader(synthetic, backend_, "finetune", augment=True, shuffle=True, seed=3) as ld:
+        epoch(ld)
+        epoch(ld)
+    # each epoch once, in order (dali's stream may already have drawn the next epoch's)
+    assert calls[:2] == [0, 1] and calls == sorted(set(calls))

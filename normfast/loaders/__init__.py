@@ -298,6 +298,7 @@ class EpochLoader:
         self._running = None
         self.producer_cpu_seconds = 0.0   # CPU time spent producing batches, in whichever thread
         self.producer_batches = 0         # ...and the batches it produced
+        self._indices = None              # (epoch, its indices): see epoch_indices
         background = cfg.extra.get("background")
         self.background = (cfg.device.type == "cuda" and self.BACKGROUND_ON_CUDA) if background is None \
             else bool(background)
@@ -327,10 +328,17 @@ class EpochLoader:
         return order, offsets, flips
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """Stored indices this rank yields in `epoch`, in order (drop_last applied)."""
+        """Stored indices this rank yields in `epoch`, in order (drop_last applied). The last
+        epoch's are kept: a backend may ask twice (ffcv: for its draws and for FFCV's order).
+        Callers must not modify the array."""
+        cached = self._indices
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         cfg = self.cfg
         order = epoch_order(cfg.n, cfg.seed, epoch, cfg.shuffle, cfg.rank, cfg.world_size)[:self.num_samples]
-        return order if cfg.subset is None else cfg.subset[order]
+        order = order if cfg.subset is None else cfg.subset[order]
+        self._indices = (epoch, order)
+        return order
 
     def __iter__(self):
         if self.closed:
