@@ -218,7 +218,14 @@ class Trainer:
                     tail = next(it, None)
                     if tail is not None:
                         x, y = torch.cat([x, tail[0]]), torch.cat([y, tail[1]])
-                loss, out = self.step(x, y, train)
+                try:
+                    loss, out = self.step(x, y, train)
+                except ValueError as e:
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    raise NormfastError(
+                        f"a training batch of {len(y)} sample: BatchNorm cannot train on one sample of "
+                        f"{x.shape[2]}x{x.shape[3]} px; use a --batch-size of at least 2 per rank") from None
                 if train:
                     self._debug_step(epoch, steps, y)
                 meter.update(loss, out, y)

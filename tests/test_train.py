@@ -220,3 +220,13 @@ def test_yaml_off_and_bad_values(tiny, tmp_path):
     c.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(NormfastError, match="cannot read it as text"):
         resolve_train_config(c, data=str(tiny))
+
+
+def test_a_batch_size_of_one_is_one_line(tmp_path):
+    write_imagefolder(tmp_path / "src", classes=["a", "b"], per_class=2)
+    data = tmp_path / "data"
+    convert(ConvertConfig("imagefolder", data, tmp_path / "src", quiet=True))
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--runs", str(tmp_path / "runs"), "--epochs", "1",
+                                  "--batch-size", "1", "--device", "cpu", "--pretrained", "none", "-q"])
+    assert r.exit_code == 1, r.output
+    assert "BatchNorm cannot train on one sample" in r.output and "Traceback" not in r.output
