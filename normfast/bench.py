@@ -113,7 +113,8 @@ def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str 
 
 
 def _chunk_label(rec: dict) -> str:
-    return "—" if rec.get("chunk_batches") is None else f"chunk {_chunk_cell(rec)}"
+    cell = _chunk_cell(rec)
+    return cell if cell == "—" else f"chunk {cell}"
 
 
 def _chunk_cell(rec: dict) -> str:

@@ -128,30 +128,30 @@ def test_sweep_reports_missing_data_and_fails(tmp_path):
     assert r.exit_code == 1 and "failed: " in r.output and "data directory not found" in r.output
 
 
-def test_bench_loaders_json(synthetic_dir, tmp_path):
-    out = tmp_path / "b.json"
-    r = CliRunner().invoke(main, ["bench", "loaders", "--data", str(synthetic_dir), "--backend", "resident,torch",
-                                  "--norm", "finetune,instance", "--device", "cpu", "--max-batches", "2",
-                                  "--batch-size", "64", "--json", str(out)])
+def run_bench(tmp_path, verb: str, data, *args: str):
+    """`normfast bench VERB --data DATA --device cpu ARGS --json F`: (its output, F's records)."""
+    out = tmp_path / f"{verb}.json"
+    r = CliRunner().invoke(main, ["bench", verb, "--data", str(data), "--device", "cpu", *args, "--json", str(out)])
     assert r.exit_code == 0, r.output
-    recs = json.loads(out.read_text())["records"]
+    return r.output, json.loads(out.read_text())["records"]
+
+
+def test_bench_loaders_json(synthetic_dir, tmp_path):
+    output, recs = run_bench(tmp_path, "loaders", synthetic_dir, "--backend", "resident,torch",
+                             "--norm", "finetune,instance", "--max-batches", "2", "--batch-size", "64")
     assert [(x["backend"], x["norm"]) for x in recs] == [("resident", "finetune"), ("resident", "instance"),
                                                           ("torch", "finetune"), ("torch", "instance")]
     for x in recs:
         assert {"backend", "norm", "device", "images_per_second", "cpu_seconds_per_1000"} <= set(x)
         assert x["images"] == 128 and x["images_per_second"] > 0 and x["cpu_seconds_per_1000"] > 0
-    assert "| torch | finetune | shuffled | — | cpu |" in r.output and "1.0×" in r.output
+    assert "| torch | finetune | shuffled | — | cpu |" in output and "1.0×" in output
     assert all(x["producer_cpu_ms_per_batch"] > 0 for x in recs)
 
 
 @needs("dali")
 def test_bench_loaders_compares_chunks(synthetic_dir, tmp_path):
-    out = tmp_path / "b.json"
-    r = CliRunner().invoke(main, ["bench", "loaders", "--data", str(synthetic_dir), "--backend", "dali,torch",
-                                  "--norm", "finetune", "--device", "cpu", "--batch-size", "64",
-                                  "--chunk-batches", "auto,3", "--json", str(out)])
-    assert r.exit_code == 0, r.output
-    recs = json.loads(out.read_text())["records"]
+    _, recs = run_bench(tmp_path, "loaders", synthetic_dir, "--backend", "dali,torch", "--norm", "finetune",
+                        "--batch-size", "64", "--chunk-batches", "auto,3")
     assert [(x["backend"], x["chunk_requested"], x["chunk_batches"]) for x in recs] == [
         ("dali", "auto", 1), ("dali", 3, 3), ("torch", "auto", None)]
     assert all(x["images"] == 600 for x in recs)
@@ -164,13 +164,10 @@ def test_bench_rejects_a_bad_chunk_count(synthetic_dir):
 
 
 def test_bench_train_table(synthetic_dir, tmp_path):
-    out = tmp_path / "t.json"
-    r = CliRunner().invoke(main, ["bench", "train", "--data", str(synthetic_dir), "--backend", "resident",
-                                  "--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1",
-                                  "--repeats", "2", "--json", str(out)])
-    assert r.exit_code == 0, r.output
-    rec = json.loads(out.read_text())["records"][0]
+    output, recs = run_bench(tmp_path, "train", synthetic_dir, "--backend", "resident", "--batch-size", "16",
+                             "--steps", "2", "--warmup", "1", "--repeats", "2")
+    rec = recs[0]
     assert rec["ceiling_images_per_second"] > 0 and rec["images_per_second"] > 0
     assert rec["efficiency"] == pytest.approx(rec["images_per_second"] / rec["ceiling_images_per_second"])
-    assert "| resnet18 | none | resident | 1 (auto) | cpu | off |" in r.output
+    assert "| resnet18 | none | resident | 1 (auto) | cpu | off |" in output
     assert rec["producer_cpu_ms_per_batch"] > 0

@@ -287,6 +287,11 @@ class EpochLoader:
     BACKGROUND_ON_CUDA = True   # run epochs in a loader thread on CUDA (see in_background)
     chunk: int | None = None    # training batches prepared at once (None: one at a time)
 
+    @property
+    def chunk_size(self) -> int:
+        """Samples prepared at once (one batch where the backend does not chunk)."""
+        return (self.chunk or 1) * self.cfg.batch_size
+
     def __init__(self, cfg: LoaderConfig):
         self.cfg = cfg
         self.epoch = 0

@@ -234,7 +234,6 @@ class DaliLoader(EpochLoader):
         self.device = cfg.device
         self.device_id = cfg.device.index if cfg.device.type == "cuda" else None
         self.chunk = chunk_batches(cfg)              # training batches per DALI iteration
-        self.chunk_size = self.chunk * cfg.batch_size
         self.feed = Feed(self)
         self.pipe: Pipeline | None = None
         self._current = 0          # the live epoch generator (an older one stops at once)

@@ -232,7 +232,6 @@ class FfcvLoader(EpochLoader):
         self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
         self.chunk = chunk_batches(cfg)
-        self.chunk_size = self.chunk * cfg.batch_size
         if self.shard_count > 0:
             # drop_last is already in the order (epoch_indices): FFCV must not drop a chunk's rest
             self.stream = get_stream(self.path, self.chunk_size, drop_last=False,

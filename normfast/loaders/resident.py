@@ -44,7 +44,7 @@ class ResidentLoader(EpochLoader):
         order = to_device(order, dev)
         if cfg.augment:
             offsets, flips = to_device(offsets, dev), to_device(flips, dev)
-        size = self.chunk * bs
+        size = self.chunk_size
         for c in range(0, len(order), size):
             idx = order[c:c + size]
             x = self.transform(self.images[idx], *((offsets[c:c + size], flips[c:c + size])
