@@ -29,7 +29,8 @@ from converters.formats import StagingDataset, formats
 from converters.output import check_apart, check_replaceable, is_ours, make_temporary, recover, swap_into_place
 from converters.sources import Source, limit, sources, subset
 from normfast.errors import NormfastError
-from normfast.manifest import MANIFEST, file_entry, write_json_atomic
+from normfast.atomic import write_json
+from normfast.manifest import MANIFEST, file_entry
 from normfast.progress import progress_bar
 from normfast.registry import parse_list
 from normfast.stats import ChannelStats
@@ -153,7 +154,7 @@ def convert(cfg: ConvertConfig) -> dict:
         tmp = make_temporary(out, "tmp")
         manifest = _convert_into(source, cfg, fmts, tmp)
         manifest["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest)
         swap_into_place(tmp, out)
     except OSError as e:       # disk full, permissions, a read-only location, a path that is a file...
         _discard(tmp)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from normfast.atomic import refuse_non_regular
 from normfast.errors import NormfastError
 
 
@@ -83,6 +84,7 @@ def _check_output_file(option: str, path: Path | None) -> None:
     path = Path(path)
     if path.is_dir():
         raise NormfastError(f"{option} {path}: is a directory, expected a file name")
+    refuse_non_regular(path)           # a device node or FIFO: the final rename would replace it
     folder = path.parent
     if not folder.is_dir():
         raise NormfastError(f"{option} {path}: folder {folder} does not exist")
@@ -299,9 +301,9 @@ def bench():
 
 def _write_bench_json(path, records):
     from normfast.bench import machine
-    from normfast.rundir import write_atomic
+    from normfast.atomic import write_json
     if path:
-        write_atomic(Path(path), json.dumps({"machine": machine(), "records": records}, indent=2) + "\n")
+        write_json(Path(path), {"machine": machine(), "records": records})
         click.echo(f"wrote {path}")
 
 

@@ -18,7 +18,7 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
     from converters.convert import ConvertConfig, convert
     from normfast.bench import bench_loaders, bench_train, format_loader_table, format_train_table, machine
     from normfast.config import resolve_train_config
-    from normfast.manifest import write_json_atomic
+    from normfast.atomic import write_json
     from normfast.report import make_report
     from normfast.stats import format_table1, table1
     from normfast.rundir import RunDir
@@ -68,7 +68,7 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
             echo(f"      measured before; reusing {path}")
             return json.loads(path.read_text())["records"]
         records = run()
-        write_json_atomic(path, {"machine": machine(), "records": records})
+        write_json(path, {"machine": machine(), "records": records})
         return records
 
     def indent(line: str) -> None:

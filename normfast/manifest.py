@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +30,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def file_entry(root: Path, path: Path) -> dict:
     return {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size,
             "sha256": sha256_file(path)}
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def val_split(manifest: Manifest, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:

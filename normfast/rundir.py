@@ -9,10 +9,12 @@ RUNS/<dataset>/<run>/ holds
                      epoch, best, amp, config, weights, data_identity)
   .lock              held (flock) by the one process writing the run; holds its PID
 
-Every file except metrics.jsonl is replaced atomically: written to `.<name>.tmp-<PID>` in the
-same directory, fsynced, then renamed over the old one, so a kill at any moment leaves either
-the old or the new file, never a mix. metrics.jsonl is appended one whole line per epoch; a
-kill (or a full disk) during the append can leave a last line without its newline. The
+Every file except metrics.jsonl is replaced atomically by normfast.atomic.write_atomic (the
+one writer of whole files): written to `.<name>.tmp-<PID>` in the same directory, fsynced,
+then renamed over the old one, so a kill at any moment leaves either the old or the new file,
+never a mix. A checkpoint is serialized in memory first, so that its write errors are ours.
+metrics.jsonl is appended one whole line per epoch; a kill (or a full disk) during the append
+can leave a last line without its newline. The
 metrics reader drops such a cut last line without a word (that epoch is trained again on
 --resume, since its checkpoint came after it); any other unreadable line means the file was
 damaged by something else and is reported with the file and line number.
@@ -25,14 +27,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import yaml
 
+from normfast.atomic import TEMPORARY, unlink_quietly as _unlink_quietly, why as _why, write_atomic
 from normfast.configfiles import load_yaml
 from normfast.errors import NormfastError
 
@@ -43,51 +46,11 @@ LAST = "last.pt"
 BEST_CKPT = "best.pt"
 LOCK = ".lock"
 FILES = (CONFIG, METRICS, BEST, LAST, BEST_CKPT)
-TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "best")
 # best_results.json: key -> (accepted types, what the message says it must be)
 BEST_TYPES = {"best_epoch": ((int,), "an integer"), "best_acc": ((int, float), "a number"),
               "epochs_done": ((int,), "an integer"), "epochs": ((int,), "an integer"),
               "finished": ((bool,), "true or false")}
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _why(e: BaseException) -> str:
-    """A short reason for a message: the OS's words for an OSError, else the first line."""
-    if getattr(e, "strerror", None):
-        return e.strerror
-    text = str(e)
-    return text.splitlines()[0][:200] if text.strip() else type(e).__name__
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Replace `path` by `data` or leave it as it was: temporary in the same directory, fsync,
-    os.replace. The temporary is removed on any error (including Ctrl-C); an OSError (full
-    disk, read-only folder) becomes one NormfastError naming the file."""
-    path = Path(path)
-    tmp = _temporary(path)
-    payload = data.encode() if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _unlink_quietly(tmp)
-        if isinstance(e, OSError):
-            raise NormfastError(f"{path}: cannot write it ({_why(e)})") from None
-        raise
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -223,21 +186,18 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state: dict, name: str = LAST) -> None:
+        """torch.save into memory first, then the atomic writer: torch's zip writer turns an error
+        of the file it writes to (ENOSPC, Ctrl-C during a write) into a RuntimeError that hides
+        it ("enforce fail at inline_container.cc"); written by us, a full disk is one line naming
+        the errno and Ctrl-C stays a KeyboardInterrupt. Costs one checkpoint's size in memory."""
         import torch
         path = self.path / name
-        tmp = _temporary(path)
+        buf = io.BytesIO()
+        torch.save(state, buf)
         try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as e:
-            _unlink_quietly(tmp)
-            # torch's zip writer reports a failed write (full disk) as a RuntimeError
-            if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "writ" in str(e)):
-                self.remove_stale_temporaries()       # give the space of older leftovers back
-                raise NormfastError(f"{path}: cannot write the checkpoint ({_why(e)})") from None
+            write_atomic(path, buf.getbuffer(), what="the checkpoint")
+        except NormfastError:
+            self.remove_stale_temporaries()       # give the space of older leftovers back
             raise
 
     def load_checkpoint(self, name: str = LAST, map_location=None) -> dict:

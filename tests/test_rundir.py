@@ -150,11 +150,10 @@ def test_checkpoint_save_on_a_full_disk_leaves_no_temporary(tmp_path, monkeypatc
     stale = tmp_path / f".best.pt.tmp-{dead_pid()}"            # a killed writer's leftover
     stale.write_bytes(b"x" * 1000)
 
-    def full_disk(obj, f):
-        f.write(b"partial")
-        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(NormfastError, match=r"last.pt: cannot write the checkpoint \(PytorchStreamWriter"):
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(rundir_mod.os, "fsync", full_disk)
+    with pytest.raises(NormfastError, match=r"last.pt: cannot write the checkpoint \(No space left on device\)"):
         run.save_checkpoint({"epoch": 1})
     assert leftovers(tmp_path) == []                           # ours and the stale one
     monkeypatch.undo()

@@ -1,9 +1,6 @@
 """The report's vocabulary (canonical orders, seed constants) and tiny formatting helpers."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from normfast import rundir
 from normfast.models import models
 from normfast.normalization import settings
 
@@ -28,10 +25,3 @@ def pct(x: float) -> str:
 def signed(x: float) -> str:
     """Signed percentage points: +0.12 / -0.10."""
     return f"{100 * x:+.2f}"
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """normfast.rundir.write_atomic (temporary, fsync, rename; an OSError is one NormfastError
-    naming the file), returning the path written."""
-    rundir.write_atomic(path, data)
-    return path

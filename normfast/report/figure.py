@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from normfast.report.common import DATASETS, MODELS, NORMS, order, write_atomic
+from normfast.atomic import write_atomic
+from normfast.report.common import DATASETS, MODELS, NORMS, order
 from normfast.report.statistics import mean_std
 
 COLORS = {"finetune": "#1f77b4", "pretrain": "#ff7f0e", "instance": "#2ca02c", "minmax": "#d62728"}

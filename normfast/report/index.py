@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from normfast.errors import NormfastError
-from normfast.report.common import DATASETS, MODELS, NORMS, order, write_atomic
+from normfast.atomic import write_atomic
+from normfast.report.common import DATASETS, MODELS, NORMS, order
 from normfast.report.figure import plot_figure1
 from normfast.report.runs import REPEAT_RULE, load_runs, pick_one_per_seed
 from normfast.report.tables import (PAIRED_FIELDS, RESULT_FIELDS, SUMMARY_FIELDS, compare, format_paired,
