@@ -29,13 +29,23 @@ from normfast.configfiles import IMAGENET_MEAN, IMAGENET_STD
 from normfast.errors import NormfastError
 from normfast.registry import Registry
 
-models: Registry = Registry("model")
-for _name in ("resnet18", "resnet50", "densenet121", "densenet161"):
-    models.register(_name)(_name)
 
-# normfast's model name -> timm's (timm uses the same names; the table makes that a decision)
-TIMM_NAMES = {"resnet18": "resnet18", "resnet50": "resnet50",
-              "densenet121": "densenet121", "densenet161": "densenet161"}
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One backbone: its torchvision name (normfast's), timm's name for the same architecture
+    (timm uses the same names; the entry makes that a decision) and the attribute holding its
+    classifier, which is replaced by a head for the dataset's classes."""
+    name: str
+    timm_name: str
+    head: str                 # "fc" (ResNet) or "classifier" (DenseNet): an nn.Linear
+
+
+models: Registry[ModelEntry] = Registry("model")
+for _entry in (ModelEntry("resnet18", "resnet18", "fc"), ModelEntry("resnet50", "resnet50", "fc"),
+               ModelEntry("densenet121", "densenet121", "classifier"),
+               ModelEntry("densenet161", "densenet161", "classifier")):
+    models.register(_entry.name)(_entry)
 
 PRETRAINED_CHOICES = ("imagenet", "timm", "none")   # or a PATH
 TIMM_INSTALL = "pip install 'normfast[timm]' (or: pip install 'timm>=1.0')"
@@ -64,10 +74,6 @@ def _rgb(values, what: str) -> tuple[float, float, float]:
     if len(out) != 3:
         raise NormfastError(f"{what}: expected 3 channel values for the weights' mean/std, got {values!r}")
     return out  # type: ignore[return-value]
-
-
-def _head(model: nn.Module) -> tuple[str, nn.Linear]:
-    return ("fc", model.fc) if hasattr(model, "fc") else ("classifier", model.classifier)
 
 
 def _first_line(e: Exception) -> str:
@@ -111,9 +117,9 @@ def check_pretrained(pretrained: str) -> None:
 
 def build_model(name: str, num_classes: int, pretrained: str = "none") -> tuple[nn.Module, Weights]:
     """Returns (model, Weights). Never falls back silently to other weights."""
-    models.get(name)
+    entry = models.get(name)
     if pretrained == "timm":
-        return _timm_model(name, num_classes)
+        return _timm_model(entry, num_classes)
     import torchvision
     if pretrained == "imagenet":
         tv_weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
@@ -128,16 +134,16 @@ def build_model(name: str, num_classes: int, pretrained: str = "none") -> tuple[
     else:
         model = torchvision.models.get_model(name, weights=None)
         weights = Weights("none", IMAGENET_MEAN, IMAGENET_STD, "imagenet")
-    attr, head = _head(model)
-    setattr(model, attr, nn.Linear(head.in_features, num_classes))
+    head = getattr(model, entry.head)
+    setattr(model, entry.head, nn.Linear(head.in_features, num_classes))
     if pretrained not in PRETRAINED_CHOICES:
-        weights = Weights(_load_local(model, Path(pretrained), attr), IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+        weights = Weights(_load_local(model, Path(pretrained), entry), IMAGENET_MEAN, IMAGENET_STD, "imagenet")
     return model, weights
 
 
-def _timm_model(name: str, num_classes: int) -> tuple[nn.Module, Weights]:
+def _timm_model(entry: ModelEntry, num_classes: int) -> tuple[nn.Module, Weights]:
     timm = import_timm()
-    timm_name = TIMM_NAMES[name]
+    timm_name = entry.timm_name
     try:
         # num_classes replaces the 1000-class head with a new one (timm drops the old head's weights)
         with _download_messages():
@@ -157,7 +163,7 @@ def _timm_model(name: str, num_classes: int) -> tuple[nn.Module, Weights]:
     return model, Weights(f"timm:{label}", _rgb(data_cfg["mean"], source), _rgb(data_cfg["std"], source), source)
 
 
-def _load_local(model: nn.Module, path: Path, head_attr: str) -> str:
+def _load_local(model: nn.Module, path: Path, entry: ModelEntry) -> str:
     if not path.is_file():
         raise NormfastError(f"{path}: pretrained weights file not found (valid: imagenet, timm, none, or a path)")
     try:
@@ -165,15 +171,33 @@ def _load_local(model: nn.Module, path: Path, head_attr: str) -> str:
     except Exception as e:  # noqa: BLE001
         raise NormfastError(f"{path}: not a loadable state dict ({type(e).__name__})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+        state = state["model"]              # a normfast checkpoint (last.pt, best.pt)
     own = model.state_dict()
+    _check_state(state, own, path, entry)
     # an ImageNet head (1000 classes) is dropped: the head is new for this dataset
     state = {k: v for k, v in state.items()
-             if not (k.startswith(head_attr + ".") and k in own and own[k].shape != v.shape)}
+             if not (k.startswith(entry.head + ".") and k in own and own[k].shape != v.shape)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(head_attr + ".")]
+    missing = [k for k in missing if not k.startswith(entry.head + ".")]
     if missing or unexpected:
-        raise NormfastError(f"{path}: does not match the model ({len(missing)} missing keys, e.g. "
+        raise NormfastError(f"{path}: does not match the model {entry.name} ({len(missing)} missing keys, e.g. "
                             f"{(missing or unexpected)[0]!r}; {len(unexpected)} unexpected)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return f"file:{path}:sha256={digest}"
+
+
+def _check_state(state, own: dict, path: Path, entry: ModelEntry) -> None:
+    """One line for a file that is not a state dict of this architecture: a list or other
+    object, a value that is not a tensor, or a key whose shape differs (resnet50's weights
+    into resnet18, densenet121's into densenet161, a 1-channel conv1); the head may differ."""
+    if not isinstance(state, dict):
+        raise NormfastError(f"{path}: holds a {type(state).__name__}, not a state dict (a dict of parameter "
+                            f"name to tensor, as model.state_dict() or a normfast last.pt holds)")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise NormfastError(f"{path}: {key!r} is a {type(value).__name__}, not a tensor; not a state dict")
+        mine = own.get(key)
+        if mine is not None and mine.shape != value.shape and not str(key).startswith(entry.head + "."):
+            raise NormfastError(f"{path}: does not match the model {entry.name}: {key!r} has shape "
+                                f"{list(value.shape)} in the file, {list(mine.shape)} in {entry.name} "
+                                f"(weights of another architecture?)")

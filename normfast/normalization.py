@@ -16,6 +16,7 @@ backend is tested against `reference_normalize`, a float64 NumPy implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -25,18 +26,7 @@ from normfast.errors import NormfastError
 from normfast.manifest import Manifest
 from normfast.registry import Registry
 
-SETTINGS = ("finetune", "pretrain", "instance", "minmax")
 INSTANCE_EPS = 1e-6   # [0,1] units; the smallest non-zero std of a uint8 channel is ~1e-4
-
-settings = Registry("normalization setting")
-for _name in SETTINGS:
-    settings.register(_name)(_name)
-
-# where `finetune` takes its mean/std: the train split's, computed at conversion (manifest.json),
-# or the seed's published figures (configs/datasets.yaml)
-stats_sources = Registry("stats source")
-for _name in ("manifest", "reference"):
-    stats_sources.register(_name)(_name)
 
 
 @dataclass(frozen=True)
@@ -61,36 +51,80 @@ class NormSpec:
         return 1.0 / (255.0 * std), -np.asarray(self.mean, dtype=np.float64) / std
 
 
+@dataclass(frozen=True)
+class StatsSource:
+    """Where `finetune` takes its mean/std ([0, 1] units, RGB)."""
+    name: str
+    read: Callable[[Manifest], tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+def _manifest_stats(manifest: Manifest):
+    mean, std = manifest.stats
+    if min(std) <= 0:
+        raise NormfastError(f"dataset {manifest.name!r}: a channel has zero std in manifest")
+    return tuple(mean), tuple(std)
+
+
+def _reference_stats(manifest: Manifest):
+    ref = reference_stats(manifest.name)
+    if ref is None:
+        raise NormfastError(f"no published reference statistics for dataset {manifest.name!r}; use --stats manifest")
+    return tuple(ref[0]), tuple(ref[1])
+
+
+# the train split's statistics, computed at conversion (manifest.json), or the seed's published
+# figures (configs/datasets.yaml)
+stats_sources: Registry[StatsSource] = Registry("stats source")
+for _source in (StatsSource("manifest", _manifest_stats), StatsSource("reference", _reference_stats)):
+    stats_sources.register(_source.name)(_source)
+
+
+def _finetune(name: str, manifest: Manifest | None, stats: str, weights) -> NormSpec:
+    source = stats_sources.get(stats)
+    if manifest is None:
+        raise NormfastError("finetune normalization needs the dataset's manifest.json")
+    mean, std = source.read(manifest)
+    return NormSpec(name, mean, std, source.name)
+
+
+def _pretrain(name: str, manifest: Manifest | None, stats: str, weights) -> NormSpec:
+    if weights is not None:
+        return NormSpec(name, tuple(weights.mean), tuple(weights.std), weights.source)
+    return NormSpec(name, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+
+
+def _no_constants(name: str, manifest: Manifest | None, stats: str, weights) -> NormSpec:
+    return NormSpec(name, source="none")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One normalization setting: its name and how it builds its NormSpec from the dataset's
+    manifest, the stats source (finetune) and the initial weights (pretrain)."""
+    name: str
+    build: Callable[[str, "Manifest | None", str, object], NormSpec]
+
+    def spec(self, manifest: Manifest | None = None, stats: str = "manifest", weights=None) -> NormSpec:
+        return self.build(self.name, manifest, stats, weights)
+
+
+settings: Registry[Setting] = Registry("normalization setting")
+for _setting in (Setting("finetune", _finetune), Setting("pretrain", _pretrain),
+                 Setting("instance", _no_constants), Setting("minmax", _no_constants)):
+    settings.register(_setting.name)(_setting)
+SETTINGS = tuple(settings.names())
+
+
 def resolve_norm(setting: str, manifest: Manifest | None = None, stats: str = "manifest",
                  weights=None) -> NormSpec:
-    """Turn a setting name into a NormSpec.
+    """Turn a setting name into a NormSpec (its registry entry builds it).
 
     `finetune` takes the train-split statistics from the manifest (`stats="manifest"`) or
     the seed's published values for the dataset (`stats="reference"`). `pretrain` takes the
     mean/std the initial weights were trained with (`weights`: a normfast.models.Weights;
     some timm weights use other values than ImageNet's), ImageNet's when none are given.
     """
-    settings.get(setting)
-    if setting == "pretrain":
-        if weights is not None:
-            return NormSpec(setting, tuple(weights.mean), tuple(weights.std), weights.source)
-        return NormSpec(setting, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
-    if setting in ("minmax", "instance"):
-        return NormSpec(setting, source="none")
-    stats_sources.get(stats)
-    if manifest is None:
-        raise NormfastError("finetune normalization needs the dataset's manifest.json")
-    if stats == "reference":
-        ref = reference_stats(manifest.name)
-        if ref is None:
-            raise NormfastError(
-                f"no published reference statistics for dataset {manifest.name!r}; "
-                "use --stats manifest")
-        return NormSpec(setting, tuple(ref[0]), tuple(ref[1]), "reference")
-    mean, std = manifest.stats
-    if min(std) <= 0:
-        raise NormfastError(f"dataset {manifest.name!r}: a channel has zero std in manifest")
-    return NormSpec(setting, tuple(mean), tuple(std), "manifest")
+    return settings.get(setting).spec(manifest, stats, weights)
 
 
 # ---------------------------------------------------------------- NumPy reference (float64)

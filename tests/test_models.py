@@ -87,6 +87,38 @@ def test_none_and_local_file_use_imagenet_mean_std(tmp_path):
     assert w.name.startswith(f"file:{path}") and (w.mean, w.std) == (IMAGENET_MEAN, IMAGENET_STD)
 
 
+def _conv1_one_channel():
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"] = state["conv1.weight"][:, :1]
+    return state
+
+
+@pytest.mark.parametrize("source, into, key, shapes", [
+    (lambda: torchvision.models.resnet50().state_dict(), "resnet18", "layer1.0.conv1.weight",
+     "shape [64, 64, 1, 1] in the file, [64, 64, 3, 3] in resnet18"),
+    (lambda: torchvision.models.densenet121().state_dict(), "densenet161", "features.conv0.weight",
+     "shape [64, 3, 7, 7] in the file, [96, 3, 7, 7] in densenet161"),
+    (_conv1_one_channel, "resnet18", "conv1.weight", "shape [64, 1, 7, 7] in the file, [64, 3, 7, 7] in resnet18"),
+])
+def test_weights_of_another_architecture_name_the_key_and_shapes(tmp_path, source, into, key, shapes):
+    """Issue 18 §6: torch's size-mismatch traceback becomes one line naming the key and shapes."""
+    path = tmp_path / "w.pt"
+    torch.save(source(), path)
+    with pytest.raises(NormfastError) as e:
+        build_model(into, 10, str(path))
+    assert f"w.pt: does not match the model {into}: '{key}' has {shapes}" in str(e.value)
+
+
+@pytest.mark.parametrize("content, says", [([1, 2, 3], "holds a list, not a state dict"),
+                                           ({"conv1.weight": "x"}, "'conv1.weight' is a str, not a tensor")])
+def test_weights_file_that_is_not_a_state_dict_is_one_line(tiny, tmp_path, content, says):
+    path = tmp_path / "w.pt"
+    torch.save(content, path)
+    r = CliRunner().invoke(main, ["train", "--data", str(tiny), "--runs", str(tmp_path / "runs"), "--device", "cpu",
+                                  "-q", "--pretrained", str(path)])
+    assert says in one_line(r)
+
+
 def test_pretrain_setting_takes_the_weights_mean_std():
     w = Weights("timm:x", TIMM_MEAN, TIMM_STD, "timm x pretrained_cfg")
     spec = resolve_norm("pretrain", weights=w)

@@ -88,3 +88,53 @@ def test_bench_compile_list_reads_the_registry(tiny):
 
 def test_report_order_is_the_registries():
     assert MODELS == tuple(models.names()) and NORMS == tuple(settings.names())
+
+
+# ---------------------------------------------------------------- entries, not name -> name (issue 15 §2)
+
+@pytest.mark.parametrize("name, head", [("resnet18", "fc"), ("resnet50", "fc"), ("densenet121", "classifier"),
+                                        ("densenet161", "classifier")])
+def test_model_entry_holds_its_timm_name_and_head(name, head):
+    import torchvision
+    from normfast.models import build_model
+    entry = models.get(name)
+    assert (entry.name, entry.timm_name, entry.head) == (name, name, head)
+    assert isinstance(getattr(torchvision.models.get_model(name, weights=None), entry.head), torch.nn.Linear)
+    if name in ("resnet18", "densenet121"):            # the cheap ones: the head is the entry's, resized
+        model, _ = build_model(name, 7, "none")
+        assert getattr(model, entry.head).out_features == 7
+
+
+def test_a_registered_model_entry_is_built_with_its_head():
+    """A model known only by its registry entry builds: no parallel table (timm names, heads)
+    has to learn the name."""
+    import torchvision
+    from normfast.models import ModelEntry, build_model
+    models.register("resnet34")(ModelEntry("resnet34", "resnet34", "fc"))
+    try:
+        model, _ = build_model("resnet34", 4, "none")
+        assert isinstance(model, torchvision.models.ResNet) and model.fc.out_features == 4
+    finally:
+        models._items.pop("resnet34")
+
+
+def test_setting_entry_builds_its_normspec(tiny):
+    from normfast.manifest import load_manifest
+    from normfast.models import Weights
+    from normfast.normalization import NormSpec, Setting, resolve_norm
+    manifest = load_manifest(tiny)
+    mean, std = manifest.stats
+    assert settings.get("finetune").spec(manifest) == NormSpec("finetune", tuple(mean), tuple(std), "manifest")
+    w = Weights("x", (0.5,) * 3, (0.25,) * 3, "x cfg")
+    assert settings.get("pretrain").spec(weights=w) == NormSpec("pretrain", (0.5,) * 3, (0.25,) * 3, "x cfg")
+    assert settings.get("minmax").spec() == NormSpec("minmax", source="none")
+    # a new entry is a new setting for resolve_norm, with no if-chain to extend
+    settings.register("half")(Setting("half", lambda name, m, s, w: NormSpec(name, (0.5,) * 3, (0.5,) * 3, "c")))
+    try:
+        assert resolve_norm("half").scale_shift()[0].tolist() == pytest.approx([1 / 127.5] * 3)
+    finally:
+        settings._items.pop("half")
+    with pytest.raises(NormfastError, match="no published reference statistics for dataset 'synthetic'"):
+        resolve_norm("finetune", manifest, "reference")
+    with pytest.raises(NormfastError, match="unknown stats source 'x'; valid: manifest, reference"):
+        resolve_norm("finetune", manifest, "x")
