@@ -184,9 +184,9 @@ def convert(source, src, out, fmt, encoding, quality, limit, size, download, for
 def stats(data_dir, as_json):
     """Print the seed's Table 1 for a converted dataset: computed vs published mean/std,
     and the train split's mean/std after each normalization setting."""
-    from normfast.stats import format_table1, table1
+    from normfast.stats import format_stats, table1
     t = table1(data_dir)
-    click.echo(json.dumps(t, indent=2) if as_json else format_table1(t))
+    click.echo(json.dumps(t, indent=2) if as_json else format_stats(t))
 
 
 @main.command()

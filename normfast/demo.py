@@ -20,7 +20,7 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
     from normfast.config import resolve_train_config
     from normfast.atomic import write_json
     from normfast.report import make_report
-    from normfast.stats import format_table1, table1
+    from normfast.stats import format_stats, table1
     from normfast.rundir import RunDir
     from normfast.train import train
 
@@ -39,7 +39,7 @@ def run_demo(out: Path, device: str | None = None, echo=print) -> Path:
              f"in {m['seconds']:.1f} s")
 
     echo("[2/5] stats")
-    echo(format_table1(table1(data)))
+    echo(format_stats(table1(data)))
 
     echo(f"[3/5] train {plan['train']['model']} from scratch, {plan['train']['epochs']} epochs, "
          f"one run per normalization setting")

@@ -83,7 +83,9 @@ def fmt3(values) -> str:
     return "(" + ", ".join(f"{round(v, 4) + 0.0:.4f}" for v in values) + ")"   # never "-0.0000"
 
 
-def format_table1(t: dict) -> str:
+def format_stats(t: dict) -> str:
+    """What `normfast stats` prints for one dataset (the report's Table 1 is
+    normfast.report.table1.format_table1, which embeds this per dataset under Details)."""
     h, w, _ = t["image_shape"]
     lines = [f"Table 1 — {t['dataset']}: {t['train_count']:,} train / {t['test_count']:,} test images, "
              f"{t['classes']} classes, {h}x{w}x3",

@@ -410,3 +410,28 @@ def test_answer_paragraph_per_dataset(tmp_path):
     assert ("| cifar10 | resnet18 | finetune − minmax | +11.00 ± 2.48 (n=3) | [+8.52, +13.48] "
             "| finetune higher |") in pairs
     assert "| svhn | resnet18 | finetune − pretrain | -2.00 (n=1, no interval) | — | 1 seed: no interval |" in pairs
+
+
+# ---------------------------------------------------------------- one owner per concern (issue 15 §2)
+
+def test_report_modules_one_concern_each_and_one_table1_formatter():
+    import ast
+    from pathlib import Path
+
+    import normfast
+    import normfast.report as report
+    root = Path(normfast.__file__).parent
+    defined: dict = {}
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        if path.parent.name == "report":
+            assert len(text.splitlines()) <= 400, path
+        for node in ast.parse(text).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.setdefault(node.name, []).append(path.relative_to(root).as_posix())
+    assert defined["format_table1"] == ["report/table1.py"]         # one name, one meaning
+    assert defined["format_stats"] == ["stats.py"]                  # `normfast stats`' own text
+    assert not (root / "report" / "tables.py").exists()
+    assert report.make_report.__module__ == "normfast.report.make"
+    for name in report.__all__:                                     # the public imports still work
+        assert getattr(report, name) is not None

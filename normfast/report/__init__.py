@@ -4,6 +4,8 @@ answer is.
 
 Reads RUNS/<dataset>/<run>/{config.yaml, metrics.jsonl, best_results.json} (written by
 `normfast train`; read through normfast.rundir.RunDir, as the sweep does) and writes, each file atomically:
+(modules: runs, groups, statistics, seed, table1, accuracy (Tables 2-3), paired, rows (throughput
+and CSV), figure, index (index.md and the answer), make (make_report))
 
   index.md          links, repeated runs left out, notes, and a closing answer per dataset
   table1.md         per dataset: train-split mean/std before and after each normalization
@@ -28,10 +30,12 @@ Decisions:
   stands beside it. Ours − seed always compares best-epoch test accuracy, as the seed did.
 - Unfinished runs are shown with their progress and never ranked or compared.
 """
-from normfast.report.index import answer_paragraphs, make_report
+from normfast.report.groups import group_runs
+from normfast.report.index import answer_paragraphs
+from normfast.report.make import make_report
 from normfast.report.runs import Run, load_runs, pick_one_per_seed, read_run, recorded_seed, weights_kind
+from normfast.report.seed import load_seed_results
 from normfast.report.statistics import Paired, mean_std, paired_difference, rank_marks, within_noise
-from normfast.report.tables import group_runs, load_seed_results
 
 __all__ = ["make_report", "load_runs", "read_run", "recorded_seed", "pick_one_per_seed", "group_runs",
            "rank_marks", "within_noise", "mean_std", "paired_difference", "Paired", "weights_kind",

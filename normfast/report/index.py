@@ -1,19 +1,12 @@
-"""`normfast report RUNS --out DIR`: every report file, and index.md, which links them,
-lists what was left out and why, and ends with one paragraph per dataset answering the
-study's question from the runs' own numbers."""
+"""index.md: links every report file, lists what was left out and why, and ends with one
+paragraph per dataset answering the study's question from the runs' own numbers."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from normfast.errors import NormfastError
-from normfast.atomic import write_atomic
 from normfast.report.common import DATASETS, MODELS, NORMS, order
-from normfast.report.figure import plot_figure1
-from normfast.report.runs import REPEAT_RULE, load_runs, pick_one_per_seed
-from normfast.report.tables import (PAIRED_FIELDS, RESULT_FIELDS, SUMMARY_FIELDS, compare, format_paired,
-                                    format_table1, format_table2, format_table3, format_throughput, group_runs,
-                                    load_seed_results, paired_rows, results_rows, section_title,
-                                    summary_rows, table3_seed_notes, write_csv)
+from normfast.report.groups import compare, section_title
+from normfast.report.runs import REPEAT_RULE
 
 
 # ---------------------------------------------------------------- the answer
@@ -81,57 +74,10 @@ def answer_paragraphs(sections: dict) -> list[str]:
     return paragraphs
 
 
-# ---------------------------------------------------------------- report
+# ---------------------------------------------------------------- index.md
 
-def _slug(section) -> str:
-    return "-".join("".join(c if c.isalnum() else "_" for c in part) for part in section)
-
-
-def make_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the report files into out_dir; returns their paths (index.md last)."""
-    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    runs, notes = load_runs(runs_dir)
-    used, repeats = pick_one_per_seed(runs)
-    sections = dict(sorted(group_runs(used).items()))
-    if not sections:
-        raise NormfastError(f"{runs_dir}: {len(runs)} run(s) found but none has finished an epoch yet")
-    seed = load_seed_results()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    repeat_line = ([f"{sum(len(r.left_out) for r in repeats)} repeated run(s) of an already counted "
-                    "(configuration, seed) are left out of this table; index.md lists them.", ""]
-                   if repeats else [])
-
-    written.append(write_atomic(out_dir / "table1.md", format_table1(runs, runs_dir)))
-
-    t2 = ["# Table 2 — test accuracy (%): finetune vs pretrain normalization", "",
-          "Ours beside the seed's published values (Normalization-Test, 100 epochs); differences in "
-          "percentage points. Bold: the better of finetune and pretrain where their paired 95% interval "
-          "excludes zero.", ""] + repeat_line
-    t3 = ["# Table 3 — test accuracy (%) for the four normalization settings", "",
-          "Per model and dataset, our best setting is **bold** (where its paired 95% interval against the "
-          "runner-up excludes zero) and that runner-up <u>underlined</u>; the seed's published values and "
-          "ours − seed beside them.", ""] + repeat_line
-    for section, groups in sections.items():
-        t2 += format_table2(groups, seed, section, len(sections))
-        t3 += format_table3(groups, seed, section, len(sections))[0]
-    t3 += table3_seed_notes(used)
-    written.append(write_atomic(out_dir / "table2.md", "\n".join(t2)))
-    written.append(write_atomic(out_dir / "table3.md", "\n".join(t3)))
-    written.append(write_atomic(out_dir / "paired.md", format_paired(sections)))
-
-    figures = []
-    for section, groups in sections.items():
-        name = "figure1.png" if len(sections) == 1 else f"figure1-{_slug(section)}.png"
-        figures.append(plot_figure1(groups, out_dir / name, section_title(section)))
-    written += figures
-
-    written.append(write_atomic(out_dir / "throughput.md", format_throughput(runs)))
-    written.append(write_atomic(out_dir / "results.csv", write_csv(results_rows(runs, seed, repeats),
-                                                                   RESULT_FIELDS)))
-    written.append(write_atomic(out_dir / "summary.csv", write_csv(summary_rows(sections, seed), SUMMARY_FIELDS)))
-    written.append(write_atomic(out_dir / "paired.csv", write_csv(paired_rows(sections), PAIRED_FIELDS)))
-
+def format_index(runs: list, runs_dir: Path, sections: dict, figures: list[Path], repeats: list,
+                 notes: list[str]) -> str:
     datasets = order({r.dataset for r in runs}, DATASETS)
     index = ["# normfast report", "",
              f"{len(runs)} runs from `{runs_dir}`: datasets {', '.join(datasets)}; "
@@ -159,5 +105,4 @@ def make_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
               "and paired differences over shared seeds, in percentage points with 95% intervals:", ""]
     for paragraph in answer_paragraphs(sections):
         index += [paragraph, ""]
-    written.append(write_atomic(out_dir / "index.md", "\n".join(index)))
-    return written
+    return "\n".join(index)
