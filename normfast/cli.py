@@ -396,7 +396,7 @@ def report(runs_dir, out):
     """
     from normfast.report import make_report
     _check_output_dir("--out", out)
-    paths = make_report(runs_dir, out)
+    paths = make_report(runs_dir, out, echo=lambda note: click.echo(note, err=True))
     click.echo(f"wrote {len(paths)} files to {out}: {', '.join(p.name for p in paths)}")
     click.echo(f"start at {out / 'index.md'}")
 

@@ -168,6 +168,7 @@ class RunDir:
             if key in data and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))
                                 or (isinstance(value, float) and not math.isfinite(value))):
                 raise NormfastError(f"{self.best_path}: {key} is {value!r}, expected {what}")
+        _check_best_epoch(self.best_path, data)
         return data
 
     def write_best(self, best: dict) -> None:
@@ -314,6 +315,18 @@ class RunDir:
         return removed
 
 
+def _check_best_epoch(path: Path, data: dict) -> None:
+    """best_epoch is -1 (no epoch yet) or one of the epochs done: 0 .. epochs_done - 1 (0-based,
+    as metrics.jsonl counts), and best_acc a fraction from 0 to 1."""
+    best, done = data.get("best_epoch"), data.get("epochs_done", data.get("epochs"))
+    if best is not None and done is not None and not -1 <= best < max(done, 0):
+        raise NormfastError(f"{path}: best_epoch is {best}, beyond the run's {done} epoch(s) done "
+                            f"(expected -1 .. {done - 1}); the file is damaged")
+    acc = data.get("best_acc")
+    if acc is not None and not 0.0 <= acc <= 1.0:
+        raise NormfastError(f"{path}: best_acc is {acc!r}, expected a fraction from 0 to 1; the file is damaged")
+
+
 def _metrics_row_problem(row) -> str | None:
     if not isinstance(row, dict):
         return "not a JSON object"
@@ -322,6 +335,10 @@ def _metrics_row_problem(row) -> str | None:
     acc = row.get("test_acc")
     if not isinstance(acc, (int, float)) or isinstance(acc, bool):
         return "a row without a numeric test_acc"
+    for key in ("test_acc", "val_acc"):      # a fraction of samples right; NaN would reach the report
+        value = row.get(key, 0.0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            return f"a row with {key} {value!r} (expected a fraction from 0 to 1)"
     return None
 
 

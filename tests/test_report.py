@@ -435,3 +435,87 @@ def test_report_modules_one_concern_each_and_one_table1_formatter():
     assert report.make_report.__module__ == "normfast.report.make"
     for name in report.__all__:                                     # the public imports still work
         assert getattr(report, name) is not None
+
+
+# ---------------------------------------------------------------- Figure 1 for short runs (issue 18 §4)
+
+def _figure(runs, title="backend resident · weights imagenet:IMAGENET1K_V1"):
+    from normfast.report import group_runs
+    from normfast.report.figure import figure1
+    (groups,) = group_runs(load_runs(runs)[0]).values()
+    fig = figure1(groups, title)
+    fig.canvas.draw()
+    return fig
+
+
+def test_figure1_of_a_one_epoch_run_has_integer_ticks_dots_and_no_empty_band(tmp_path):
+    for norm, acc in (("finetune", 0.5), ("pretrain", 0.45), ("minmax", 0.42)):
+        make_run(tmp_path, "cifar10", "resnet18", norm, [acc])
+    make_run(tmp_path, "svhn", "resnet18", "finetune", [0.3 + 0.01 * e for e in range(30)])
+    fig = _figure(tmp_path)
+    cifar, svhn = fig.axes[:2]
+    for ax in (cifar, svhn):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert list(cifar.get_xticks()) == [1] and cifar.get_xlim() == (0.5, 1.5)
+    assert {line.get_marker() for line in cifar.get_lines()} == {"o"}      # one epoch: a dot, drawn
+    assert {line.get_marker() for line in svhn.get_lines()} == {"None"}    # 30 epochs: a line
+    legend = {t.get_text(): h.get_marker() for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    assert legend == {"finetune": "o", "pretrain": "o", "minmax": "o"}     # the legend shows what the plot shows
+    # no empty band: the title sits right above the plots' titles (under 0.25 inch between them)
+    renderer = fig.canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    plots_top = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes)
+    assert 0 <= title_bottom - plots_top < 0.25 * fig.dpi, (title_bottom, plots_top)
+    assert fig._suptitle.get_window_extent(renderer).x0 >= 0                # not cut off at the left
+
+
+# ---------------------------------------------------------------- what report reads (issue 18 §5-6)
+
+def test_a_nan_test_acc_is_refused_not_copied_into_results_csv(tmp_path):
+    d = make_run(tmp_path / "runs", "cifar10", "resnet18", "finetune", [0.5, 0.6])
+    rows = (d / "metrics.jsonl").read_text().splitlines()
+    (d / "metrics.jsonl").write_text(rows[0] + "\n" + rows[1].replace('"test_acc": 0.6', '"test_acc": NaN') + "\n")
+    with pytest.raises(NormfastError, match=r"metrics.jsonl: line 2 is a row with test_acc nan \(expected a "
+                                            r"fraction from 0 to 1\); the file is damaged"):
+        make_report(tmp_path / "runs", tmp_path / "out")
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("best_epoch", [2, 7, -2])
+def test_a_best_epoch_beyond_the_runs_epochs_is_refused(tmp_path, best_epoch):
+    d = make_run(tmp_path / "runs", "cifar10", "resnet18", "finetune", [0.5, 0.6])
+    best = json.loads((d / "best_results.json").read_text())
+    (d / "best_results.json").write_text(json.dumps(best | {"best_epoch": best_epoch}))
+    with pytest.raises(NormfastError, match=rf"best_results.json: best_epoch is {best_epoch}, beyond the run's "
+                                            r"2 epoch\(s\) done \(expected -1 .. 1\)"):
+        make_report(tmp_path / "runs", tmp_path / "out")
+
+
+def test_a_folder_without_config_yaml_is_named_not_dropped_silently(tmp_path):
+    from click.testing import CliRunner
+    from normfast.cli import main
+    make_run(tmp_path / "runs", "cifar10", "resnet18", "finetune", [0.5, 0.6])
+    orphan = make_run(tmp_path / "runs", "cifar10", "resnet18", "pretrain", [0.5, 0.7])
+    (orphan / "config.yaml").unlink()
+    r = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    said = f"`{orphan}`: no config.yaml; left out of the report"
+    assert f"note: {said}" in r.output
+    assert said in (tmp_path / "out" / "index.md").read_text()
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert [row["norm"] for row in csv.DictReader(f)] == ["finetune"]
+
+
+@pytest.mark.parametrize("sub, says", [("", "table1.md: cannot write it (Read-only file system)"),
+                                       ("report", "report: cannot create the report folder (Read-only file system)")])
+def test_report_out_on_a_read_only_mount_is_one_line(tmp_path, sub, says):
+    from click.testing import CliRunner
+    from fixtures import tmpfs
+    from normfast.cli import main
+    make_run(tmp_path / "runs", "cifar10", "resnet18", "finetune", [0.5, 0.6])
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        r = CliRunner().invoke(main, ["report", str(tmp_path / "runs"), "--out", str(ro / sub)])
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("error: ") and r.output.strip().count("\n") == 0, r.output
+    assert says in r.output

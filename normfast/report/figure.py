@@ -22,41 +22,71 @@ def curve_stats(curves: list[list[float]]) -> tuple[list[float], list[float | No
     return means, stds
 
 
+MARKERS_UP_TO = 12      # epochs: a curve this short is drawn with a marker at each epoch (one epoch is a dot)
+
+
+def _curves(g) -> list[list[float]]:
+    """Test accuracy (%) per epoch of each run in the group, in epoch order."""
+    curves = []
+    for r in g.runs:
+        by_epoch = {row["epoch"]: row["test_acc"] for row in r.metrics}
+        curves.append([100 * by_epoch[e] for e in sorted(by_epoch)])
+    return [c for c in curves if c]
+
+
+def _epoch_axis(ax, epochs: int) -> None:
+    """Whole epochs only: every epoch a tick for short runs, with half an epoch of margin so that
+    a one-epoch run is a dot in the middle, not at 0.945…1.050."""
+    from matplotlib.ticker import MaxNLocator
+    if epochs <= MARKERS_UP_TO:
+        ax.set_xticks(range(1, epochs + 1))
+        ax.set_xlim(0.5, epochs + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_figure1(groups: dict, path: Path, title: str = "") -> Path:
+    """Figure 1 of one section as a PNG at `path`, written atomically."""
+    buf = io.BytesIO()
+    figure1(groups, title).savefig(buf, format="png")
+    return write_atomic(path, buf.getvalue())
+
+
+def figure1(groups: dict, title: str = ""):
+    """The matplotlib Figure (Agg canvas attached) of one section: {(dataset, model, norm): Group}."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
     datasets = order({k[0] for k in groups}, DATASETS)
     models = order({k[1] for k in groups}, MODELS)
     norms = order({k[2] for k in groups}, NORMS)
-    height = 2.7 * len(models) + 0.9           # inches; the top 0.8 hold the legend and title
-    fig = Figure(figsize=(max(6.4, 3.4 * len(datasets) + 0.6), height), dpi=110)   # legend fits
+    curves = {k: _curves(g) for k, g in groups.items()}
+    # inches: 2.4 per row of plots and 0.75 for the title above and the legend below, which the constrained layout
+    # packs around the plots without an empty band
+    width = max(6.4, 3.4 * len(datasets) + 0.6)
+    fig = Figure(figsize=(width, 2.4 * len(models) + 0.75), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(models), len(datasets), squeeze=False, sharex="col")
+    marked = set()                             # settings drawn with a dot per epoch somewhere
+    for j, d in enumerate(datasets):
+        _epoch_axis(axes[0][j], max((len(c) for k, cs in curves.items() if k[0] == d for c in cs), default=1))
     for i, m in enumerate(models):
         for j, d in enumerate(datasets):
             ax = axes[i][j]
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if not any((d, m, n) in groups for n in norms):
                 ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.5")
                 ax.set_yticks([])
             for n in norms:
-                g = groups.get((d, m, n))
-                if not g:
+                cs = curves.get((d, m, n))
+                if not cs:
                     continue
-                curves = []
-                for r in g.runs:
-                    by_epoch = {row["epoch"]: row["test_acc"] for row in r.metrics}
-                    curves.append([100 * by_epoch[e] for e in sorted(by_epoch)])
-                curves = [c for c in curves if c]
-                if not curves:
-                    continue
-                mean, std = curve_stats(curves)
+                mean, std = curve_stats(cs)
                 x = list(range(1, len(mean) + 1))
-                label = n + (f" (n={len(curves)})" if len(curves) > 1 else "")
-                ax.plot(x, mean, color=COLORS.get(n), lw=1.4, label=label, marker="o" if len(x) == 1 else None)
-                if len(curves) > 1:
+                label = n + (f" (n={len(cs)})" if len(cs) > 1 else "")
+                dots = len(x) <= MARKERS_UP_TO
+                marked.update({n} if dots else set())
+                ax.plot(x, mean, color=COLORS.get(n), lw=1.4, label=label, marker="o" if dots else None, ms=4)
+                if len(cs) > 1:
                     lo = [a - (s or 0) for a, s in zip(mean, std)]
                     hi = [a + (s or 0) for a, s in zip(mean, std)]
                     ax.fill_between(x, lo, hi, color=COLORS.get(n), alpha=0.2, lw=0)
@@ -67,13 +97,12 @@ def plot_figure1(groups: dict, path: Path, title: str = "") -> Path:
                 ax.set_xlabel("epoch", fontsize=8)
             if j == 0:
                 ax.set_ylabel("test accuracy (%)", fontsize=8)
-    handles = [Line2D([], [], color=COLORS.get(n), lw=2) for n in norms]
-    fig.legend(handles, norms, loc="upper center", ncol=len(norms), fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
+    # the legend shows what the plot shows: a line with a dot per epoch for short runs
+    handles = [Line2D([], [], color=COLORS.get(n), lw=2, marker="o" if n in marked else None, ms=4) for n in norms]
     multi = any(g.n > 1 for g in groups.values())
-    fig.suptitle((title + " — " if title else "") + "test accuracy per epoch"
-                 + (" (mean ± std across seeds)" if multi else ""), fontsize=10, y=1 - 0.38 / height)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return write_atomic(path, buf.getvalue())
+    what = "test accuracy per epoch" + (" (mean ± std across seeds)" if multi else "")
+    # about 0.09 inch a character at 10 pt: a title wider than the figure goes on two lines
+    joint = " — " if len(title) + len(what) + 3 <= width / 0.09 else "\n"
+    fig.suptitle((title + joint if title else "") + what, fontsize=10)
+    fig.legend(handles, norms, loc="outside lower center", ncol=len(norms), fontsize=9, frameon=False)
+    return fig

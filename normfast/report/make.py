@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from normfast.atomic import write_atomic
+from normfast.atomic import why, write_atomic
 from normfast.errors import NormfastError
 from normfast.report.accuracy import format_table2, format_table3, table3_seed_notes
 from normfast.report.figure import plot_figure1
@@ -21,16 +21,22 @@ def _slug(section) -> str:
     return "-".join("".join(c if c.isalnum() else "_" for c in part) for part in section)
 
 
-def make_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the report files into out_dir; returns their paths (index.md last)."""
+def make_report(runs_dir: str | Path, out_dir: str | Path, echo=None) -> list[Path]:
+    """Write the report files into out_dir; returns their paths (index.md last). `echo`, when
+    given, is told each note on what was left out (index.md lists them too)."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     runs, notes = load_runs(runs_dir)
+    for note in notes if echo else ():
+        echo(f"note: {note}")
     used, repeats = pick_one_per_seed(runs)
     sections = dict(sorted(group_runs(used).items()))
     if not sections:
         raise NormfastError(f"{runs_dir}: {len(runs)} run(s) found but none has finished an epoch yet")
     seed = load_seed_results()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:            # a read-only mount, a file in the way, no permission
+        raise NormfastError(f"{out_dir}: cannot create the report folder ({why(e)})") from None
     written = []
     repeat_line = ([f"{sum(len(r.left_out) for r in repeats)} repeated run(s) of an already counted "
                     "(configuration, seed) are left out of this table; index.md lists them.", ""]

@@ -158,14 +158,19 @@ def load_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
         raise NormfastError(f"{runs_dir}: runs directory not found (it is what `normfast train --runs` "
                             "or `normfast sweep` writes)")
     runs, notes = [], []
-    for cfg_path in sorted(runs_dir.glob(f"*/*/{CONFIG}")):
-        run = read_run(cfg_path.parent)
+    for d in sorted(p for p in runs_dir.glob("*/*") if p.is_dir()):
+        if not (d / CONFIG).is_file():      # said, never dropped silently
+            notes.append(f"`{d}`: no {CONFIG}; left out of the report (not a run `normfast train` wrote, "
+                         "or one whose config.yaml was removed)")
+            continue
+        run = read_run(d)
         if run.best_acc is None:
             notes.append(f"`{run.path}`: no epoch finished yet; not in the accuracy tables")
         runs.append(run)
     if not runs:
+        without = f"; {len(notes)} folder(s) there have no {CONFIG}" if notes else ""
         raise NormfastError(f"{runs_dir}: no runs found (expected {runs_dir}/<dataset>/<run>/config.yaml "
-                            "written by `normfast train`)")
+                            f"written by `normfast train`{without})")
     idx = lambda v, canonical: canonical.index(v) if v in canonical else len(canonical)
     key = lambda r: (idx(r.dataset, DATASETS), r.dataset, idx(r.model, MODELS), r.model,
                      idx(r.norm, NORMS), r.norm, r.backend, str(r.seed), r.path.name)
