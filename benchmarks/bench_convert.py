@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from normfast.atomic import write_atomic, write_json  # noqa: E402
 from normfast.bench import machine  # noqa: E402
 
 
@@ -80,8 +81,8 @@ def main():
     print(table)
     if args.out:
         info = machine()
-        args.out.write_text(json.dumps({"machine": info, "records": records}, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(
+        write_json(args.out, {"machine": info, "records": records})
+        write_atomic(args.out.with_suffix(".md"),
             f"# Conversion speed and peak memory\n\nMachine: {info['cpu']}, {info['cpus']} CPUs; "
             f"python {info['python']}, torch {info['torch']}, ffcv {info['ffcv']}, DALI {info['dali']}.\n"
             f"Command: `python benchmarks/bench_convert.py --limit {args.limit} --size {args.size}`\n\n{table}\n")

@@ -19,6 +19,7 @@ import json
 import time
 
 
+from normfast.atomic import write_json
 from normfast.bench import _bench_one, _endless, machine
 from normfast.device import resolve_device, sync, use_device
 from normfast.loaders import build_loader
@@ -134,8 +135,7 @@ def main():
                   f"{r['ceiling_images_per_second']:,.0f} | {r['images_per_second']:,.0f} | {r['efficiency']:.0%} | "
                   f"{r['data_wait_fraction']:.0%} | {r['producer_cpu_ms_per_batch']:.3f} |")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"machine": machine(), "records": records}, f, indent=2)
+        write_json(a.json, {"machine": machine(), "records": records})
 
 
 if __name__ == "__main__":

@@ -75,16 +75,19 @@ def test_bench_json_on_a_device_node_is_one_line_and_keeps_the_node(tmp_path):
     assert stat.S_ISCHR(os.lstat(node).st_mode)
 
 
-def test_manifest_demo_and_report_writers_are_the_one_writer():
-    """No second atomic writer: every module writes whole files through normfast.atomic."""
-    import converters.convert
-    import normfast.cli
-    import normfast.demo
-    import normfast.report.figure
-    import normfast.rundir
+def test_every_whole_file_goes_through_the_one_writer():
+    """Issue 15 §2: no second atomic writer (rundir, manifest, report/common each had one):
+    nothing in normfast/ or benchmarks/ renames a temporary into place or writes a whole file
+    itself, except normfast/atomic.py. (converters/output.py swaps whole directories.)"""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    own = re.compile(r"os\.replace\(|os\.rename\(|\.write_text\(|\.write_bytes\(|json\.dump\(|open\([^)]*[\"']w")
+    found = [f"{p.relative_to(root)}:{i}" for folder in ("normfast", "benchmarks") for p in (root / folder).rglob("*.py")
+             if p.name != "atomic.py" for i, line in enumerate(p.read_text().splitlines(), 1) if own.search(line)]
+    assert found == []
     import normfast.manifest
-    assert not hasattr(normfast.manifest, "write_json_atomic")
-    assert normfast.rundir.write_atomic is write_atomic
-    assert converters.convert.write_json is write_json
     import normfast.report.common
-    assert not hasattr(normfast.report.common, "write_atomic")
+    import normfast.rundir
+    assert not hasattr(normfast.manifest, "write_json_atomic") and not hasattr(normfast.report.common, "write_atomic")
+    assert normfast.rundir.write_atomic is write_atomic
