@@ -207,7 +207,7 @@ def test_help_says_the_worker_cap(verb):
 
 def test_fp16_on_the_cpu_is_refused(tiny, tmp_path):
     one_error_line(*cli(*train_args(tiny, tmp_path / "runs", "--amp", "fp16")),
-                   "--amp fp16 on the CPU: about 80x slower than fp32")
+                   "--amp fp16 on the CPU: slower than fp32 there")
     assert not (tmp_path / "runs").exists()
     one_error_line(*cli("bench", "train", "--data", tiny, "--device", "cpu", "--amp", "float16", "--backend",
                         "resident", "--batch-size", "16", "--steps", "1", "--warmup", "0", "--repeats", "1"),
