@@ -22,6 +22,7 @@ from normfast.loaders import backends, build_loader
 from normfast.normalization import settings
 from normfast.provenance import provenance
 from normfast.registry import parse_list
+from normfast.validate import is_one_sample_batch, one_sample_batch
 
 
 def machine() -> dict:
@@ -189,7 +190,12 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
                                       num_workers=num_workers, chunk_batches=chunk) as loader:
                         if len(loader) == 0:
                             raise NormfastError(f"{data_dir}: fewer train images than --batch-size {batch_size}")
-                        rec = _bench_one(step, loader, device, steps, warmup, repeats)
+                        try:
+                            rec = _bench_one(step, loader, device, steps, warmup, repeats)
+                        except ValueError as e:     # BatchNorm on a batch of one: train's one line
+                            if not is_one_sample_batch(e):
+                                raise
+                            raise one_sample_batch(manifest.image_shape[:2], batch_size) from None
                     rec |= {"backend": backend, "model": model, "compile": compile_mode, "norm": norm,
                             "device": str(device), "amp": amp, "batch_size": batch_size,
                             "image_shape": list(manifest.image_shape), "chunk_requested": chunk or "auto"}

@@ -16,6 +16,7 @@ import click
 
 from normfast.atomic import refuse_non_regular
 from normfast.errors import NormfastError
+from normfast.validate import WORKERS, WORKERS_HELP, nonempty_list as _nonempty
 
 
 def _terminate(signum, frame):
@@ -231,7 +232,7 @@ def _train_options(f):
         click.option("--compile", type=Names("normfast.recipe:compile_modes"),
                      help="none | default (torch.compile) | cudagraphs (CUDA only)."),
         click.option("--device", help="auto | cuda | cpu (default: cuda when present)."),
-        click.option("--num-workers", type=int, help="Loader worker threads/processes (default 2)."),
+        click.option("--num-workers", type=WORKERS, help=f"Loader workers (default 2; {WORKERS_HELP})."),
         click.option("--runs", help="Root of run directories (default ./runs)."),
         click.option("--run-name", help="Run directory name (default <model>-<norm>-<backend>)."),
         click.option("--log", help="Experiment tracking: none (default) | tensorboard (RUN/tb) | wandb (offline, "
@@ -261,7 +262,7 @@ def train(config_file, **options):
     cfg = resolve_train_config(config_file, **options)
     best = run(cfg)
     if not cfg.quiet:
-        click.echo(f"best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
+        click.echo(f"best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch'] + 1} of {cfg.epochs}; "
                    f"run directory {cfg.run_dir(load_manifest(cfg.data).name)}")
 
 
@@ -309,9 +310,9 @@ def _write_bench_json(path, records):
 
 @bench.command("loaders")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
-@click.option("--backend", default=_all("normfast.loaders:backends"), show_default="all",
+@click.option("--backend", default=_all("normfast.loaders:backends"), show_default="all", callback=_nonempty,
               help="Comma-separated backends.")
-@click.option("--norm", default=_all("normfast.normalization:settings"), show_default="all",
+@click.option("--norm", default=_all("normfast.normalization:settings"), show_default="all", callback=_nonempty,
               help="Comma-separated normalization settings.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
 @click.option("--dtype", default="float32", show_default=True, help="float32 | float16 | bfloat16.")
@@ -320,10 +321,10 @@ def _write_bench_json(path, records):
 @click.option("--max-batches", type=int,
               help="Cap batches per epoch (quick runs; an epoch broken off costs a chunked loader its chunks "
                    "in flight, so compare chunk sizes on whole epochs).")
-@click.option("--num-workers", default=2, show_default=True, help="Worker threads/processes per loader.")
-@click.option("--order", default="shuffled", show_default=True,
+@click.option("--num-workers", default=2, show_default=True, type=WORKERS, help=f"Per loader ({WORKERS_HELP}).")
+@click.option("--order", default="shuffled", show_default=True, callback=_nonempty,
               help="shuffled (the training order), stored (no shuffle), or both: shuffled,stored.")
-@click.option("--chunk-batches", "chunks", default="auto", show_default=True,
+@click.option("--chunk-batches", "chunks", default="auto", show_default=True, callback=_nonempty,
               help="dali/ffcv: training batches prepared at once, comma-separated to compare "
                    "(auto: about 8 MB of input on CUDA, 1 on the CPU).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the records as JSON.")
@@ -341,10 +342,10 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
 
 @bench.command("train")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Converted dataset directory.")
-@click.option("--backend", default=_all("normfast.loaders:backends"), show_default="all",
+@click.option("--backend", default=_all("normfast.loaders:backends"), show_default="all", callback=_nonempty,
               help="Comma-separated backends.")
-@click.option("--model", default="resnet18", show_default=True, help="Comma-separated models.")
-@click.option("--compile", "compiles", default="none", show_default=True,
+@click.option("--model", default="resnet18", show_default=True, callback=_nonempty, help="Comma-separated models.")
+@click.option("--compile", "compiles", default="none", show_default=True, callback=_nonempty,
               help="Comma-separated compile modes (see `normfast train --help`).")
 @click.option("--norm", default="finetune", show_default=True)
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
@@ -353,8 +354,8 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
 @click.option("--steps", default=20, show_default=True, help="Timed steps per repeat.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps first.")
 @click.option("--repeats", default=3, show_default=True)
-@click.option("--num-workers", default=2, show_default=True)
-@click.option("--chunk-batches", "chunks", default="auto", show_default=True,
+@click.option("--num-workers", default=2, show_default=True, type=WORKERS, help=f"Per loader ({WORKERS_HELP}).")
+@click.option("--chunk-batches", "chunks", default="auto", show_default=True, callback=_nonempty,
               help="dali/ffcv: training batches prepared at once, comma-separated to compare "
                    "(auto: about 8 MB of input on CUDA, 1 on the CPU).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the records as JSON.")

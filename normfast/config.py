@@ -10,6 +10,7 @@ from pathlib import Path
 from normfast.configfiles import CONFIG_DIR, load_yaml
 from normfast.errors import NormfastError
 from normfast.precision import AMP_NAMES, amp_name
+from normfast.validate import as_bool, as_float, as_int, as_str, check_run_name, check_seed
 
 
 @dataclass
@@ -51,14 +52,11 @@ def _coerce(key: str, value, where: str):
     typ = FIELDS[key].type
     if typ == "str" and isinstance(value, bool):   # YAML reads a bare off/on/no as a boolean
         value = {"amp": "off" if not value else value, "compile": "none" if not value else value}.get(key, value)
-    try:
-        if typ == "bool":
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        return {"int": int, "float": float, "str": str}[typ](value)
-    except (TypeError, ValueError):
-        raise NormfastError(f"{where}: {key}={value!r} is not a valid {typ}") from None
+    if value is None and typ.endswith(" | None"):
+        return None
+    # strict: `epochs: 1.9` or `resume: maybe` is refused, never truncated or read as false
+    check = {"int": as_int, "float": as_float, "str": as_str, "bool": as_bool}[typ.removesuffix(" | None")]
+    return check(value, f"{where}: {key}")
 
 
 def merge(base: dict, new: dict, where: str) -> dict:
@@ -114,6 +112,8 @@ def validate(cfg: TrainConfig) -> None:
     for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0)):
         if getattr(cfg, k) < low:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least {low}")
+    check_seed(cfg.seed)                    # torch.manual_seed overflows past 64 bits
+    check_run_name(cfg.run_name)            # one short path component under RUNS/<dataset>/
     cfg.amp = amp_name(cfg.amp)             # one precision vocabulary: bfloat16 / float32 accepted too
     choices = {"amp": AMP_NAMES, "compile": compile_modes.names(), "optimizer": optimizers.names(),
                "scheduler": schedulers.names(), "stats": stats_sources.names(), "device": ("auto", "cpu", "cuda")}

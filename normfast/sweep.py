@@ -22,6 +22,7 @@ from normfast.configfiles import load_yaml
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
 from normfast.rundir import RunDir
+from normfast.validate import as_int
 
 GRID_KEYS = {"data_root", "runs", "datasets", "models", "norms", "backends", "seeds", "train"}
 STUDY_SEED = 223          # the seed's SEED, and TrainConfig's default
@@ -91,10 +92,7 @@ def plan(grid: dict, filters: dict, seeds: list[int] | None, shard: str | None) 
             axes[key] = [v for v in axes[key] if v in wanted]
     grid_seeds = grid.get("seeds", [223])
     grid_seeds = grid_seeds if isinstance(grid_seeds, list) else [grid_seeds]
-    try:
-        default = [int(s) for s in grid_seeds] or [223]
-    except (TypeError, ValueError):
-        raise NormfastError(f"grid: seeds must be a list of integers, got {grid_seeds!r}") from None
+    default = [as_int(s, "grid: seeds") for s in grid_seeds] or [223]     # 1.7 is refused, not 1
     seeds = seeds or default
     if any(s < 0 for s in seeds):
         raise NormfastError(f"seeds must be non-negative integers, got {seeds}")
@@ -167,6 +165,7 @@ def format_summary(results: list[dict]) -> str:
     for r in results:
         acc = f"{r['best_acc']:.4f}" if "best_acc" in r else "—"
         ips = f"{r['train_images_per_second']:.0f}" if "train_images_per_second" in r else "—"
+        epoch = "—" if r.get("best_epoch") is None else r["best_epoch"] + 1   # stored from 0, shown from 1
         lines.append(f"| {r['dataset']} | {r['model']} | {r['norm']} | {r['backend']} | {r['seed']} | "
-                     f"{r['status']} | {acc} | {r.get('best_epoch', '—')} | {ips} |")
+                     f"{r['status']} | {acc} | {epoch} | {ips} |")
     return "\n".join(lines)

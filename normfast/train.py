@@ -29,6 +29,7 @@ from normfast.provenance import provenance
 from normfast.recipe import compile_modes, optimizers, schedulers
 from normfast.rundir import BEST_CKPT, LAST, RunDir
 from normfast.tracking import Tracker, make_tracker
+from normfast.validate import is_one_sample_batch, one_sample_batch
 
 loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
 
@@ -221,11 +222,9 @@ class Trainer:
                 try:
                     loss, out = self.step(x, y, train)
                 except ValueError as e:
-                    if "Expected more than 1 value per channel" not in str(e):
+                    if not is_one_sample_batch(e):
                         raise
-                    raise NormfastError(
-                        f"a training batch of {len(y)} sample: BatchNorm cannot train on one sample of "
-                        f"{x.shape[2]}x{x.shape[3]} px; use a --batch-size of at least 2 per rank") from None
+                    raise one_sample_batch(x.shape[2:], self.cfg.batch_size, self.dist.world_size) from None
                 if train:
                     self._debug_step(epoch, steps, y)
                 meter.update(loss, out, y)
@@ -250,7 +249,7 @@ class Trainer:
         """Stop on a NaN/inf loss; under DDP every rank learns of any rank's (no hang)."""
         if self.dist.min(float(finite), self.device) < 1:
             raise NormfastError(
-                f"training diverged: the {what} became NaN or infinite in epoch {epoch} (by step {steps}); "
+                f"training diverged: the {what} became NaN or infinite in epoch {epoch + 1} (by step {steps}); "
                 f"run stopped, the last good checkpoint is kept in {self.run_dir / 'last.pt'}")
 
     def _debug_step(self, epoch: int, step: int, y: torch.Tensor) -> None:

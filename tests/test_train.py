@@ -114,7 +114,7 @@ def test_nan_guard_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] > 5 else loss
 
     monkeypatch.setattr(train_mod, "loss_fn", poisoned)
-    with pytest.raises(NormfastError, match="NaN or infinite in epoch 1"):
+    with pytest.raises(NormfastError, match="NaN or infinite in epoch 2 "):   # 1-based: the second epoch
         train_mod.train(cfg_for(tiny, tmp_path, epochs=3, log_interval=1))
     run = tmp_path / "synthetic" / "resnet18-finetune-resident"
     ckpt = torch.load(run / "last.pt", weights_only=False)

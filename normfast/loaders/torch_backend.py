@@ -17,6 +17,7 @@ from normfast.loaders import EpochLoader, LoaderConfig, epoch_seed
 from normfast.normalization import PAD, NormSpec
 from normfast.ops import instance_normalize
 from normfast.shards import ShardReader
+from normfast.validate import usable_workers
 
 
 class InstanceNormalize:
@@ -71,8 +72,9 @@ class TorchLoader(EpochLoader):
         order = self.epoch_indices(epoch)
         gen = torch.Generator()
         gen.manual_seed(epoch_seed(cfg.seed, epoch, cfg.rank))
+        # at most one worker process per usable core, as ffcv caps its threads: more only cost memory
         loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=FixedOrder(order),
-                            num_workers=cfg.num_workers, pin_memory=cfg.device.type == "cuda",
+                            num_workers=min(cfg.num_workers, usable_workers()), pin_memory=cfg.device.type == "cuda",
                             drop_last=cfg.drop_last, generator=gen,
                             persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
         if cfg.num_workers == 0:   # transforms draw from the global RNG in this process
