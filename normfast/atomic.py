@@ -42,8 +42,9 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
-def refuse_non_regular(path: Path) -> None:
-    """NormfastError when `path` exists (links followed) and is not a regular file."""
+def refuse_non_regular(path: Path, name: str | None = None) -> None:
+    """NormfastError when `path` exists (links followed) and is not a regular file; the message
+    starts with `name` (e.g. "--json PATH"), the path by default."""
     try:
         mode = os.stat(path).st_mode
     except OSError:              # absent (or a dangling link): the write itself says what is wrong
@@ -51,7 +52,7 @@ def refuse_non_regular(path: Path) -> None:
     if stat.S_ISREG(mode):
         return
     kind = next((k for test, k in KINDS if test(mode)), "not a regular file")
-    raise NormfastError(f"{path}: is {kind}, not a regular file; normfast writes only regular files "
+    raise NormfastError(f"{name or path}: is {kind}, not a regular file; normfast writes only regular files "
                         f"and will not replace it (choose another path)")
 
 

@@ -83,9 +83,7 @@ def _check_output_file(option: str, path: Path | None) -> None:
     if path is None:
         return
     path = Path(path)
-    if path.is_dir():
-        raise NormfastError(f"{option} {path}: is a directory, expected a file name")
-    refuse_non_regular(path)           # a device node or FIFO: the final rename would replace it
+    refuse_non_regular(path, f"{option} {path}")    # a directory, device or FIFO: the rename would replace it
     folder = path.parent
     if not folder.is_dir():
         raise NormfastError(f"{option} {path}: folder {folder} does not exist")

@@ -83,8 +83,9 @@ def test_every_whole_file_goes_through_the_one_writer():
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
     own = re.compile(r"os\.replace\(|os\.rename\(|\.write_text\(|\.write_bytes\(|json\.dump\(|open\([^)]*[\"']w")
-    found = [f"{p.relative_to(root)}:{i}" for folder in ("normfast", "benchmarks") for p in (root / folder).rglob("*.py")
-             if p.name != "atomic.py" for i, line in enumerate(p.read_text().splitlines(), 1) if own.search(line)]
+    files = [p for folder in ("normfast", "benchmarks") for p in (root / folder).rglob("*.py") if p.name != "atomic.py"]
+    found = [f"{p.relative_to(root)}:{i}" for p in files
+             for i, line in enumerate(p.read_text().splitlines(), 1) if own.search(line)]
     assert found == []
     import normfast.manifest
     import normfast.report.common
