@@ -33,6 +33,7 @@ from normfast.errors import NormfastError
 from normfast.rundir import _pid_alive, write_atomic
 
 SWEEP_DIR = ".sweep"
+CLAIM_BYTES = 1024        # a claim file's length, its JSON padded with blanks
 
 
 def hostname() -> str:
@@ -75,10 +76,12 @@ class Claim:
         if self.fd < 0:
             return
         self.data["heartbeat"] = time.time()
+        # one write of a constant length (padded with blanks), so a reader never sees an empty file
         payload = (json.dumps(self.data) + "\n").encode()
+        payload += b" " * max(0, CLAIM_BYTES - len(payload))
         try:
-            os.ftruncate(self.fd, 0)
             os.pwrite(self.fd, payload, 0)
+            os.ftruncate(self.fd, len(payload))
             os.fsync(self.fd)
             self.lost = os.stat(self.path).st_ino != os.fstat(self.fd).st_ino
         except OSError:
@@ -116,8 +119,12 @@ class ClaimStore:
     def read(self, key: str) -> ClaimInfo | None:
         """The claim on `key`, or None. A claim still being written (empty) counts as fresh
         until its file is `timeout` old."""
+        return self._read_path(self._path(key))
+
+    @staticmethod
+    def _read_path(path: Path) -> ClaimInfo | None:
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
@@ -167,7 +174,10 @@ class ClaimStore:
         except FileNotFoundError:
             return True                      # someone removed it: O_EXCL decides
         try:
-            if os.stat(grave).st_ino == info.ino:
+            # the same file as judged: same inode (numbers are reused) and the same content (the
+            # token is unique per claim, the heartbeat changes with every refresh)
+            moved = self._read_path(grave)
+            if moved is not None and moved.ino == info.ino and moved.data == info.data:
                 return True
             try:                             # we moved a fresh claim: give it back
                 os.link(grave, path)
