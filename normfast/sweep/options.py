@@ -81,5 +81,5 @@ def run(grid, o: dict, echo=click.echo) -> None:
     if results is None:
         return
     echo(format_summary(results))
-    if any(r["status"].startswith("failed") for r in results):
+    if any(r["status"].startswith(("failed", "not run")) for r in results):      # the grid is not done
         sys.exit(1)

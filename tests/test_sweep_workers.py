@@ -1,0 +1,58 @@
+"""The sweep's workers on the CPU, as separate processes: --workers 2, two sweeps at once on one
+runs directory, and a worker SIGKILLed mid-run whose run the next sweep takes over exactly."""
+import os
+import signal
+
+import pytest
+
+from sweep_helpers import (assert_trained_once, claim_pid, metrics_lines, same_weights, start, sweep, tiny16,
+                           wait_for, write_grid)
+
+NORMS = ("finetune", "pretrain", "instance")
+BACKENDS = ("resident", "torch")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny16(tmp_path_factory.mktemp("sweepdata"))
+
+
+def test_two_workers_train_every_run_once(data, tmp_path):
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path / "grid.yaml", data, runs, NORMS, BACKENDS)
+    code, out = sweep(grid, "--workers", "2", "--device", "cpu", "--no-fuse")
+    assert code == 0, out
+    assert "started 2 workers: w1 cpu" in out
+    assert_trained_once(runs, 6, 2, out)
+    assert out.count(": ran\n") == 6 and out.count("| ran |") == 6
+
+
+def test_two_sweeps_at_once_share_the_grid(data, tmp_path):
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path / "grid.yaml", data, runs, NORMS[:2], BACKENDS)
+    a, b = start(grid, "--no-fuse"), start(grid, "--no-fuse", "-q")
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert_trained_once(runs, 4, 2, out_a + out_b)
+    # each sweep's summary counts the runs the other one trained as ran, none as missing
+    assert out_a.count("| ran |") == 4 and out_b.count("| ran |") == 4, out_a + out_b
+
+
+def test_killed_worker_is_taken_over_and_resumes_exactly(data, tmp_path):
+    ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
+    grid = write_grid(tmp_path / "grid.yaml", data, runs, ["finetune"], epochs=3)
+    code, out = sweep(grid, "--runs", ref_runs, "-q")                       # uninterrupted
+    assert code == 0, out
+    key, run = "synthetic--resnet18-finetune-resident", runs / "synthetic" / "resnet18-finetune-resident"
+    victim = start(grid, "--workers", "1", "--device", "cpu")
+    wait_for(lambda: metrics_lines(run) >= 1 and (run / "last.pt").exists(), what="the first checkpoint")
+    pid = claim_pid(runs, key)
+    os.kill(pid, signal.SIGKILL)                                             # the worker, not the sweep
+    out, _ = victim.communicate(timeout=120)
+    assert victim.returncode == 1 and "ended by signal SIGKILL" in out and "| not run |" in out, out
+    assert claim_pid(runs, key) == pid and metrics_lines(run) < 3            # its claim is left behind
+    code, out = sweep(grid, "-q")               # same host, PID gone: the claim is stale at once
+    assert code == 0 and "resnet18-finetune-resident: resuming" in out and "| ran |" in out, out
+    assert metrics_lines(run) == 3 and claim_pid(runs, key) is None
+    same_weights(run, ref_runs / "synthetic" / "resnet18-finetune-resident")
