@@ -219,3 +219,20 @@ def test_naming_has_one_owner_and_no_import_cycle():
     assert str(TrainConfig(model="resnet50", norm="minmax", backend="ffcv", seed=5).run_dir("c")) == \
         "runs/c/resnet50-minmax-ffcv"
     assert run_name("resnet50", "minmax", "ffcv", 5) == "resnet50-minmax-ffcv-s5"
+
+
+def test_a_failing_run_is_recorded_and_the_others_go_on(grid):
+    path, g = grid
+    broken = os.path.join(g["runs"], "synthetic", "resnet18-finetune-resident")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "last.pt"), "wb") as f:
+        f.write(b"not a checkpoint")
+    code, out = cli("sweep", path, "-q", "--epochs", "1", "--no-fuse")
+    assert code == 1, out
+    assert "resnet18-finetune-resident: failed: " in out and "not a readable checkpoint" in out, out
+    assert "resnet18-minmax-resident: ran" in out and "| minmax | resident | 223 | ran |" in out, out
+    record = json.loads(open(os.path.join(g["runs"], ".sweep", "failed",
+                                          "synthetic--resnet18-finetune-resident.json")).read())
+    assert "not a readable checkpoint" in record["error"] and record["host"] == hostname()
+    code, out = cli("sweep", path, "--status", "--epochs", "1")
+    assert "resnet18-finetune-resident: failed (" in out and "resnet18-minmax-resident: done (best acc" in out

@@ -16,6 +16,7 @@ Logs: RUNS/.sweep/submitit/ (submitit's stdout/stderr per task).
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from normfast.errors import NormfastError
@@ -102,6 +103,12 @@ def parse_extra(items: tuple[str, ...]) -> dict | None:
     return out
 
 
+def _first_line(e: BaseException) -> str:
+    text = (getattr(e, "output", None) or b"").decode(errors="replace") if isinstance(
+        getattr(e, "output", None), bytes) else str(e)
+    return (text.strip().splitlines() or [type(e).__name__])[-1][:200]
+
+
 def need_submitit():
     try:
         import submitit
@@ -139,8 +146,12 @@ def submit(request: SweepRequest, runs_root: Path, executor: str, opts: dict, cp
     """Submit the job array; returns submitit's jobs."""
     submitit = need_submitit()
     folder = Path(runs_root) / SWEEP_DIR / "submitit"
-    ex = submitit.AutoExecutor(folder=folder, cluster=executor, slurm_max_num_timeout=opts["max_requeues"],
-                               local_max_num_timeout=opts["max_requeues"])
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=executor, slurm_max_num_timeout=opts["max_requeues"],
+                                   local_max_num_timeout=opts["max_requeues"])
+    except RuntimeError as e:       # e.g. no srun here: not a Slurm machine
+        raise NormfastError(f"--executor {executor}: {str(e).splitlines()[0]} (submit from a Slurm login node; "
+                            "--executor local runs the workers here)") from None
     params = dict(name="normfast-sweep", timeout_min=opts["timeout_min"], nodes=1, tasks_per_node=1,
                   cpus_per_task=opts["cpus_per_task"], gpus_per_node=0 if cpu else opts["gpus_per_task"],
                   slurm_partition=opts["partition"], slurm_array_parallelism=opts["array"],
@@ -156,7 +167,11 @@ def submit(request: SweepRequest, runs_root: Path, executor: str, opts: dict, cp
         raise NormfastError(f"--executor {executor}: submitit refused the settings "
                             f"({str(e).splitlines()[0]})") from None
     worker = SweepWorker(request.to_dict())
-    jobs = ex.map_array(worker, list(range(opts["array"])))
+    try:
+        jobs = ex.map_array(worker, list(range(opts["array"])))
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:       # sbatch refused it
+        raise NormfastError(f"--executor {executor}: the submission failed ({_first_line(e)}); "
+                            f"see {folder}") from None
     ids = ", ".join(j.job_id for j in jobs)
     echo(f"submitted {len(jobs)} sweep workers through submitit ({executor}): {ids}; logs in {folder}")
     return jobs
