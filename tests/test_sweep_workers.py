@@ -56,3 +56,23 @@ def test_killed_worker_is_taken_over_and_resumes_exactly(data, tmp_path):
     assert code == 0 and "resnet18-finetune-resident: resuming" in out and "| ran |" in out, out
     assert metrics_lines(run) == 3 and claim_pid(runs, key) is None
     same_weights(run, ref_runs / "synthetic" / "resnet18-finetune-resident")
+
+
+def test_sigterm_stops_every_worker_and_leaves_the_runs_resumable(data, tmp_path):
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path / "grid.yaml", data, runs, ["finetune", "minmax"], epochs=6)
+    dirs = [runs / "synthetic" / n for n in ("resnet18-finetune-resident", "resnet18-minmax-resident")]
+    p = start(grid, "--workers", "2", "--device", "cpu", "--no-fuse")
+    wait_for(lambda: all((d / "last.pt").exists() for d in dirs), what="a checkpoint of each run")
+    pids = [claim_pid(runs, f"synthetic--{d.name}") for d in dirs]
+    p.send_signal(signal.SIGTERM)                       # the sweep, not its workers
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in out, out
+    for pid in pids:                                    # every worker ended, and released its claim
+        assert pid is None or not os.path.exists(f"/proc/{pid}")
+    assert list((runs / ".sweep" / "claims").iterdir()) == []
+    unfinished = [d for d in dirs if metrics_lines(d) < 6]
+    assert unfinished and all((d / "last.pt").exists() for d in unfinished)
+    code, out = sweep(grid, "-q", "--no-fuse")
+    assert code == 0 and out.count(": resuming") == len(unfinished) and out.count("| ran |") == 2, out
+    assert all(metrics_lines(d) == 6 for d in dirs)
