@@ -97,3 +97,21 @@ def same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+def interrupt_one_run(tmp_path: Path, data: Path, norm: str, sig, *how):
+    """Train one 3-epoch run uninterrupted (under RUNS ref/), then start `sweep *how` on the same
+    grid (under RUNS runs/) and send `sig` to the worker holding the run's claim once its first
+    checkpoint is written. Returns (grid, run directory, reference run directory, the sweep's
+    process, the worker's PID)."""
+    ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
+    grid = write_grid(tmp_path / "grid.yaml", data, runs, [norm], epochs=3)
+    code, out = sweep(grid, "--runs", ref_runs, "-q")
+    assert code == 0, out
+    name = f"resnet18-{norm}-resident"
+    run = runs / "synthetic" / name
+    p = start(grid, *how)
+    wait_for(lambda: metrics_lines(run) >= 1 and (run / "last.pt").exists(), what="the first checkpoint")
+    pid = claim_pid(runs, f"synthetic--{name}")
+    os.kill(pid, sig)
+    return grid, run, ref_runs / "synthetic" / name, p, pid

@@ -8,25 +8,12 @@ import time
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from normfast.cli import main
 from normfast.sweep.claims import ClaimStore, hostname
 from normfast.sweep.estimate import Estimator
 from normfast.sweep.planning import Prepared, RunSpec, make_jobs
 from normfast.sweep.pool import assign
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.output
-
-
-def one_error_line(code, out, *parts):
-    assert code == 1, out
-    assert out.startswith("error: ") and out.strip().count("\n") == 0, out
-    for p in parts:
-        assert p in out, out
+from test_cli_errors import cli, one_error_line
 
 
 def fake_claim(store: ClaimStore, key: str, host: str, pid: int, age_s: float) -> None:
@@ -190,6 +177,7 @@ def test_bad_input_is_one_error_line(grid, tmp_path):
                    "--slurm-extra 'account': expected KEY=VALUE")
     one_error_line(*cli("sweep", path, "--executor", "local", "--array", "0"), "--array 0: must be at least 1")
     one_error_line(*cli("sweep", path, "--status", "--dry-run"), "--status and --dry-run")
+    one_error_line(*cli("sweep", path, "--claim-timeout", "0"), "--claim-timeout 0.0: must be a positive number")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(g | {"slurm": {"partitin": "gpu"}}))
     one_error_line(*cli("sweep", bad, "--executor", "local"), f"{bad}: slurm: unknown field 'partitin'; valid: array")

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from sweep_helpers import (assert_trained_once, claim_pid, metrics_lines, same_weights, start, sweep, tiny16,
-                           wait_for, write_grid)
+from sweep_helpers import (assert_trained_once, claim_pid, interrupt_one_run, metrics_lines, same_weights, sweep,
+                           tiny16, write_grid)
 
 pytest.importorskip("submitit")
 
@@ -33,21 +33,16 @@ def test_local_job_array_of_two_finishes_the_grid(data, tmp_path):
 
 
 def test_preempted_worker_requeues_and_resumes_exactly(data, tmp_path):
-    ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
-    grid = write_grid(tmp_path / "grid.yaml", data, runs, ["minmax"], epochs=3)
-    code, out = sweep(grid, "--runs", ref_runs, "-q")                       # uninterrupted
-    assert code == 0, out
-    key, run = "synthetic--resnet18-minmax-resident", runs / "synthetic" / "resnet18-minmax-resident"
-    p = start(grid, "--executor", "local", "--array", "1", "--device", "cpu")
-    wait_for(lambda: metrics_lines(run) >= 1 and (run / "last.pt").exists(), what="the first checkpoint")
-    pid = claim_pid(runs, key)                 # the submitit task running the worker
-    os.kill(pid, signal.SIGUSR2)               # what the local executor (and Slurm) send before the limit
+    # USR2: what the local executor (and Slurm) send a task before its time limit or on preemption
+    grid, run, ref, p, pid = interrupt_one_run(tmp_path, data, "minmax", signal.SIGUSR2,
+                                               "--executor", "local", "--array", "1", "--device", "cpu")
+    runs, key = run.parent.parent, "synthetic--resnet18-minmax-resident"
     out, _ = p.communicate(timeout=400)
     assert p.returncode == 0 and "| ran |" in out, out + logs(runs)
     text = logs(runs)
     assert "time limit or preemption; requeued" in text and "resnet18-minmax-resident: resuming" in text, text
     assert metrics_lines(run) == 3 and claim_pid(runs, key) is None
-    same_weights(run, ref_runs / "synthetic" / "resnet18-minmax-resident")
+    same_weights(run, ref)
 
 
 def test_slurm_submission_writes_the_array_script(data, tmp_path, monkeypatch):

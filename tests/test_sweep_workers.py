@@ -5,8 +5,8 @@ import signal
 
 import pytest
 
-from sweep_helpers import (assert_trained_once, claim_pid, metrics_lines, same_weights, start, sweep, tiny16,
-                           wait_for, write_grid)
+from sweep_helpers import (assert_trained_once, claim_pid, interrupt_one_run, metrics_lines, same_weights, start,
+                           sweep, tiny16, wait_for, write_grid)
 
 NORMS = ("finetune", "pretrain", "instance")
 BACKENDS = ("resident", "torch")
@@ -40,22 +40,16 @@ def test_two_sweeps_at_once_share_the_grid(data, tmp_path):
 
 
 def test_killed_worker_is_taken_over_and_resumes_exactly(data, tmp_path):
-    ref_runs, runs = tmp_path / "ref", tmp_path / "runs"
-    grid = write_grid(tmp_path / "grid.yaml", data, runs, ["finetune"], epochs=3)
-    code, out = sweep(grid, "--runs", ref_runs, "-q")                       # uninterrupted
-    assert code == 0, out
-    key, run = "synthetic--resnet18-finetune-resident", runs / "synthetic" / "resnet18-finetune-resident"
-    victim = start(grid, "--workers", "1", "--device", "cpu")
-    wait_for(lambda: metrics_lines(run) >= 1 and (run / "last.pt").exists(), what="the first checkpoint")
-    pid = claim_pid(runs, key)
-    os.kill(pid, signal.SIGKILL)                                             # the worker, not the sweep
+    grid, run, ref, victim, pid = interrupt_one_run(tmp_path, data, "finetune", signal.SIGKILL,   # the worker
+                                                    "--workers", "1", "--device", "cpu")
+    runs, key = run.parent.parent, "synthetic--resnet18-finetune-resident"
     out, _ = victim.communicate(timeout=120)
     assert victim.returncode == 1 and "ended by signal SIGKILL" in out and "| not run |" in out, out
     assert claim_pid(runs, key) == pid and metrics_lines(run) < 3            # its claim is left behind
     code, out = sweep(grid, "-q")               # same host, PID gone: the claim is stale at once
     assert code == 0 and "resnet18-finetune-resident: resuming" in out and "| ran |" in out, out
     assert metrics_lines(run) == 3 and claim_pid(runs, key) is None
-    same_weights(run, ref_runs / "synthetic" / "resnet18-finetune-resident")
+    same_weights(run, ref)
 
 
 def test_sigterm_stops_every_worker_and_leaves_the_runs_resumable(data, tmp_path):

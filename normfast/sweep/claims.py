@@ -71,8 +71,15 @@ class Claim:
     def __init__(self, path: Path, fd: int, data: dict):
         self.path, self.fd, self.data = path, fd, data
         self.lost = False
+        # refresh (heartbeat thread) and release (worker) never interleave: a closed descriptor's
+        # number may be reused by another file at once
+        self._lock = threading.Lock()
 
     def refresh(self) -> None:
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         if self.fd < 0:
             return
         self.data["heartbeat"] = time.time()
@@ -89,6 +96,10 @@ class Claim:
 
     def release(self) -> None:
         """Remove the claim file if it is still ours (same inode), then close it."""
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self.fd < 0:
             return
         try:

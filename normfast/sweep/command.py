@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from normfast.errors import NormfastError
@@ -23,8 +24,9 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
     overrides = dict(overrides or {})
     if executor is not None and executor not in slurm.EXECUTORS:
         raise NormfastError(f"--executor {executor!r}: valid: {', '.join(slurm.EXECUTORS)}")
-    if claim_timeout <= 0 or heartbeat <= 0:
-        raise NormfastError("--claim-timeout: must be a positive number of seconds")
+    if not (math.isfinite(claim_timeout) and claim_timeout > 0 and heartbeat > 0):
+        raise NormfastError(f"--claim-timeout {claim_timeout}: must be a positive number of seconds")
+    heartbeat = min(heartbeat, claim_timeout / 4)    # a live worker's claim never looks stale elsewhere
     pool.check_counts(workers, jobs_per_gpu)
     in_process = executor is None and workers is None and gpus is None and jobs_per_gpu is None
     slots = None

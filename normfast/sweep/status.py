@@ -110,6 +110,9 @@ def print_plan(plan: Plan, request: SweepRequest, echo) -> None:
         status = {"error": f"failed: {s.detail}", "done": "done before", "running": f"running ({s.detail})",
                   "failed": f"to run again (failed before: {s.detail})",
                   "pending": s.detail}[s.kind]
+        if s.kind in ("pending", "failed"):
+            seconds, source = est.seconds_left(p)
+            status += f" ({gpu_hours(seconds)} GPU-h, img/s {source})"
         echo(f"[{p.index}/{n}] {p.label}: {status}")
     total, k = 0.0, 0
     for job in ordered_jobs(plan, request):
