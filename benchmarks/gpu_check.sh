@@ -130,11 +130,12 @@ if want jobs; then
     if [ "$DEVICE" = cpu ]; then where=(--workers "$k" --device cpu); else where=(--gpus 0 --jobs-per-gpu "$k"); fi
     run_step "jobs-$k" "$PY" -m normfast sweep "$WORK/jobs-$k.yaml" "${where[@]}" --no-fuse
   done
-  "$PY" - "$RESULTS.jobs.md" "$WORK" "$JOBS" "$mps" "$jobs_compile" <<'JOBSEOF'
+  "$PY" - "$RESULTS.jobs.md" "$WORK" "$JOBS" "$mps" "$jobs_compile" "$DEVICE" <<'JOBSEOF'
 import json, sys
 from pathlib import Path
-out, work, jobs, mps, compile_ = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(","), sys.argv[4], sys.argv[5]
-lines = [f"ResNet18 {compile_}, 32 px, batch 256, resident; K sweep workers on one GPU; CUDA MPS {mps}.", "",
+out, work, jobs, mps, compile_, device = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(","), *sys.argv[4:7]
+where = "one GPU" if device != "cpu" else "the CPU (a dry run)"
+lines = [f"ResNet18 compile {compile_}, 32 px, batch 256, resident; K sweep workers on {where}; CUDA MPS {mps}.", "",
          "| jobs per GPU | runs | mean img/s per run | aggregate img/s | vs 1 job |", "|---|---|---|---|---|"]
 base = None
 for k in jobs:
