@@ -271,7 +271,7 @@ def sweep(grid, **options):
     """Run the study's grid from GRID (e.g. configs/grid.yaml) as a work queue: skip finished
     runs, resume interrupted ones, with any number of workers here (--workers), on other machines
     sharing the runs directory, or on Slurm (--executor slurm); end with a summary table. Exits 1
-    if any run failed."""
+    if a run failed or was left not run."""
     from normfast.sweep.options import run
     run(grid, options, echo=click.echo)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from normfast.errors import NormfastError
 from normfast.sweep import pool, slurm
+from normfast.sweep.estimate import Estimator
 from normfast.sweep.planning import SweepRequest, prepare
 from normfast.sweep.status import print_plan, print_status, row_of, state_of, store_for, summary_rows
 from normfast.sweep.worker import finished, work
@@ -40,6 +41,7 @@ def sweep(grid_path: str | Path, filters: dict, seeds: list[int] | None = None, 
                            shard=shard, overrides=overrides, fuse=fuse, claim_timeout=claim_timeout,
                            heartbeat=heartbeat, bench=str(Path(bench).resolve()) if bench else None)
     plan = prepare(request)
+    Estimator(plan.runs_root, request.bench)          # a bad --bench file is named before anything runs
     opts = None
     if executor is not None:
         opts = slurm.settings(plan.grid.get("slurm"), slurm_flags or {}, str(grid_path))
