@@ -83,12 +83,12 @@ def _train_fused():
 def run_job(job: Job, store: ClaimStore, echo, skip: set, total: int, tag: str = "") -> None:
     from normfast.train import train
     label = lambda p: f"[{p.index}/{total}{tag}] {p.label}"
-    for p in job.runs:
-        p.cfg.resume = RunDir(p.run_dir).has_checkpoint()
-        echo(f"{label(p)}: {'resuming' if p.cfg.resume else 'starting'}")
     fused = _train_fused() if len(job.runs) > 1 else None
     groups = [job.runs] if fused else [[p] for p in job.runs]
     for group in groups:
+        for p in group:
+            p.cfg.resume = RunDir(p.run_dir).has_checkpoint()
+            echo(f"{label(p)}: {'resuming' if p.cfg.resume else 'starting'}")
         try:
             if len(group) > 1:
                 fused([p.cfg for p in group])
