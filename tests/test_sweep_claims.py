@@ -225,3 +225,22 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(grid):
     assert "not a readable checkpoint" in record["error"] and record["host"] == hostname()
     code, out = cli("sweep", path, "--status", "--epochs", "1")
     assert "resnet18-finetune-resident: failed (" in out and "resnet18-minmax-resident: done (best acc" in out
+
+
+def test_a_fused_job_claims_only_its_unfinished_unclaimed_runs(tmp_path):
+    from normfast.sweep.planning import Job
+    from normfast.sweep.worker import next_job
+    runs = [_prepared(i, n) for i, n in enumerate(("finetune", "pretrain", "instance", "minmax"), 1)]
+    for p in runs:
+        p.run_dir, p.key = tmp_path / "ds" / p.spec.run_name, f"ds--{p.spec.run_name}"
+    done = runs[0].run_dir
+    done.mkdir(parents=True)
+    (done / "best_results.json").write_text(json.dumps({"epochs_done": 2, "epochs": 2, "finished": True}))
+    mine, other = ClaimStore(tmp_path, timeout=60), ClaimStore(tmp_path, timeout=60)
+    assert other.try_claim(runs[1].key) is not None                        # another worker has pretrain
+    mine.record_failure(runs[3].key, "RuntimeError: boom")                  # minmax failed in this sweep
+    job = next_job([Job(runs)], mine, set(), since=0.0)
+    assert [p.spec.norm for p in job.runs] == ["instance"] and list(mine.held) == [runs[2].key]
+    assert next_job([Job(runs)], mine, set(), since=time.time() + 60).runs[0].spec.norm == "minmax"
+    mine.stop()
+    other.stop()
