@@ -24,10 +24,11 @@ setup(
         "psutil",          # peak memory in benchmarks
     ],
     extras_require={
-        "test": ["pytest", "ruff"],          # .ci/run: ruff check, then pytest
+        "test": ["pytest", "ruff", "submitit>=1.5"],   # .ci/run: ruff check, then pytest (sweep --executor local)
         "timm": ["timm>=1.0"],               # --pretrained timm: the seed's weights
         "tensorboard": ["tensorboard"],      # --log tensorboard
         "wandb": ["wandb"],                  # --log wandb
+        "slurm": ["submitit>=1.5"],          # sweep --executor slurm: job arrays, requeue on preemption
     },
     entry_points={"console_scripts": ["normfast=normfast.cli:main"]},
 )

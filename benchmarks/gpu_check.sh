@@ -15,6 +15,7 @@
 #           test split of 200 with --test-batch-size 64 (a partial test batch)
 #   dense   bench train: the DenseNet121/161 eager and CUDA-graph ceilings with resident
 #           (last: the slowest compiles)
+#   jobs    opt-in: ResNet18 CUDA graphs, `sweep --jobs-per-gpu 1,2,4` on one GPU, aggregate img/s
 # and ends with one PASS/FAIL/SKIP line per target. Results: $RESULTS.{md,json,log}
 # (default benchmarks/results/gpu-check-<gpu>), plus per-step logs beside them.
 #   bash benchmarks/gpu_check.sh                         # the whole check (< 8 min on an H100/H200)
@@ -108,6 +109,53 @@ if want dense && [ -n "$DENSE" ]; then
     done
   done
 fi
+# ------------------------------------------------------------------ jobs (issue 17, the sweep)
+# ResNet18 with CUDA graphs, K sweep workers on one GPU (`normfast sweep --gpus 0 --jobs-per-gpu K`,
+# K in JOBS, default 1,2,4): K runs of JOBS_EPOCHS epochs on $WORK/syn at once, and their aggregate
+# train img/s (the sum of the runs' mean img/s over the epochs after the first) in $RESULTS.jobs.md.
+# Opt-in, a few minutes on an H200 (each run compiles its graphs): STEPS_ONLY="jobs" (or add it to
+# the list). Whether CUDA MPS was running is recorded: without MPS the K processes time-share the
+# GPU; with it their kernels run side by side. Turn MPS on with `nvidia-cuda-mps-control -d` (as
+# the GPU's user, before the workers start) and off with `echo quit | nvidia-cuda-mps-control`.
+if want jobs; then
+  JOBS=${JOBS:-1,2,4}; JOBS_EPOCHS=${JOBS_EPOCHS:-4}
+  mps="not running"; pgrep -x nvidia-cuda-mps-control >/dev/null 2>&1 && mps="running"
+  jobs_compile=cudagraphs; [ "$DEVICE" = cpu ] && jobs_compile=none
+  for k in ${JOBS//,/ }; do
+    norms=$(echo finetune,pretrain,instance,minmax | cut -d, -f1-"$k")
+    printf '%s\n' "data_root: $WORK" "runs: $WORK/jobs-runs-$k" "datasets: [syn]" "models: [resnet18]" \
+      "norms: [$norms]" "backends: [resident]" \
+      "train: {epochs: $JOBS_EPOCHS, batch_size: 256, pretrained: none, compile: $jobs_compile, num_workers: 2}" \
+      > "$WORK/jobs-$k.yaml"
+    if [ "$DEVICE" = cpu ]; then where=(--workers "$k" --device cpu); else where=(--gpus 0 --jobs-per-gpu "$k"); fi
+    run_step "jobs-$k" "$PY" -m normfast sweep "$WORK/jobs-$k.yaml" "${where[@]}" --no-fuse
+  done
+  "$PY" - "$RESULTS.jobs.md" "$WORK" "$JOBS" "$mps" "$jobs_compile" "$DEVICE" <<'JOBSEOF'
+import json, sys
+from pathlib import Path
+out, work, jobs, mps, compile_, device = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(","), *sys.argv[4:7]
+where = "one GPU" if device != "cpu" else "the CPU (a dry run)"
+lines = [f"ResNet18 compile {compile_}, 32 px, batch 256, resident; K sweep workers on {where}; CUDA MPS {mps}.", "",
+         "| jobs per GPU | runs | mean img/s per run | aggregate img/s | vs 1 job |", "|---|---|---|---|---|"]
+base = None
+for k in jobs:
+    per_run = []
+    for m in sorted((work / f"jobs-runs-{k}").glob("*/*/metrics.jsonl")):
+        rows = [json.loads(x) for x in m.read_text().splitlines()]
+        ips = [r["train_images_per_second"] for r in (rows[1:] or rows)]
+        per_run.append(sum(ips) / len(ips))
+    if not per_run:
+        lines.append(f"| {k} | 0 | — | — | — |")
+        continue
+    agg = sum(per_run)
+    base = base or (agg if k == "1" else None)
+    ratio = f"{agg / base:.2f}×" if base else "—"
+    lines.append(f"| {k} | {len(per_run)} | {agg / len(per_run):,.0f} | {agg:,.0f} | {ratio} |")
+Path(out).write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+JOBSEOF
+fi
+
 log "done in $SECONDS s (budget $BUDGET s)"
 "$PY" - "$RESULTS" "$status" "$WORK/runs" <<'PYEOF'
 """Pass/fail per target, and the markdown summary."""

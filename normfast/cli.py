@@ -17,6 +17,7 @@ import click
 from normfast.atomic import refuse_non_regular
 from normfast.errors import NormfastError
 from normfast.validate import WORKERS, WORKERS_HELP, nonempty_list as _nonempty
+from normfast.sweep.options import sweep_options
 
 
 def _terminate(signum, frame):
@@ -266,31 +267,14 @@ def train(config_file, **options):
 
 @main.command()
 @click.argument("grid", type=click.Path(path_type=Path))
-@click.option("--model", default="", help="Only these models (comma-separated).")
-@click.option("--dataset", default="", help="Only these datasets (comma-separated).")
-@click.option("--norm", default="", help="Only these normalization settings (comma-separated).")
-@click.option("--backend", default="", help="Only these backends (comma-separated).")
-@click.option("--seeds", default="", help="Run every configuration under each seed, e.g. 223,224,225.")
-@click.option("--shard", help="i/n: run only every n-th configuration starting at the i-th (1-based).")
-@click.option("--epochs", type=int, help="Override the grid's epochs.")
-@click.option("--device", help="auto | cuda | cpu.")
-@click.option("--runs", help="Override the grid's runs directory.")
-@click.option("--dry-run", is_flag=True, help="List the runs and their state; train nothing.")
-@click.option("-q", "--quiet", is_flag=True, default=None, help="No progress bars or epoch lines.")
-def sweep(grid, model, dataset, norm, backend, seeds, shard, epochs, device, runs, dry_run, quiet):
-    """Run the study's grid from GRID (e.g. configs/grid.yaml): skip finished runs, resume
-    interrupted ones, and end with a summary table. Exits 1 if any run failed."""
-    from normfast.sweep import format_summary, sweep as run
-    try:
-        seed_list = [int(s) for s in _list(seeds)]
-    except ValueError:
-        raise NormfastError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    overrides = {k: v for k, v in dict(epochs=epochs, device=device, runs=runs, quiet=quiet).items() if v is not None}
-    results = run(grid, {"models": _list(model), "datasets": _list(dataset), "norms": _list(norm),
-                         "backends": _list(backend)}, seed_list, shard, overrides, dry_run, echo=click.echo)
-    click.echo(format_summary(results))
-    if any(r["status"].startswith("failed") for r in results):
-        sys.exit(1)
+@sweep_options
+def sweep(grid, **options):
+    """Run the study's grid from GRID (e.g. configs/grid.yaml) as a work queue: skip finished
+    runs, resume interrupted ones, with any number of workers here (--workers), on other machines
+    sharing the runs directory, or on Slurm (--executor slurm); end with a summary table. Exits 1
+    if a run failed or was left not run."""
+    from normfast.sweep.options import run
+    run(grid, options, echo=click.echo)
 
 
 @main.group()

@@ -41,8 +41,8 @@ class TrainConfig:
     quiet: bool = False
 
     def run_dir(self, dataset: str) -> Path:
-        name = self.run_name or f"{self.model}-{self.norm}-{self.backend}"
-        return Path(self.runs) / dataset / name
+        from normfast.naming import base_name
+        return Path(self.runs) / dataset / (self.run_name or base_name(self.model, self.norm, self.backend))
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from normfast.errors import NormfastError
+from normfast.naming import recorded_seed, run_name  # noqa: F401 - recorded_seed is re-exported
 from normfast.report.common import DATASETS, MODELS, NORMS
 from normfast.rundir import CONFIG, RunDir
 
@@ -33,12 +34,6 @@ def read_run(run_dir: Path, strict: bool = True) -> "Run":
     checked."""
     rundir = RunDir(run_dir)
     return Run(rundir.path, read_config(rundir.path), rundir.read_metrics(strict=strict), rundir.read_best())
-
-
-def recorded_seed(run_dir: Path):
-    """The seed a run directory was trained with, or None when it holds no run yet."""
-    rundir = RunDir(run_dir)
-    return rundir.read_config().get("seed") if rundir.config_path.exists() else None
 
 
 # ---------------------------------------------------------------- one run
@@ -210,7 +205,6 @@ class Repeat:
 def pick_one_per_seed(runs: list[Run]) -> tuple[list[Run], list[Repeat]]:
     """Keep one run per (configuration, seed) by REPEAT_RULE; returns the runs kept (in the
     given order) and the repeats found."""
-    from normfast.sweep import run_name
     by_key: dict = {}
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
