@@ -14,7 +14,6 @@ shard shorter than its index says; a label outside 0..classes-1; a .beton cut sh
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

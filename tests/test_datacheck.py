@@ -242,7 +242,8 @@ def test_an_absolute_shard_path(data, tmp_path):
 def test_a_path_climbing_out(data, tmp_path):
     shutil.copytree(data / "dali", tmp_path / "other")
     edit(data, lambda m: m["splits"]["train"]["formats"]["dali"].update(indexes=["../../other/train-00000.idx"]))
-    every_verb(data, tmp_path, "indexes is \"../../other/train-00000.idx\"", "expected a path inside", backends=("resident",))
+    every_verb(data, tmp_path, 'indexes is "../../other/train-00000.idx"', "expected a path inside",
+               backends=("resident",))
 
 
 def test_a_files_entry_climbing_out(data, tmp_path):

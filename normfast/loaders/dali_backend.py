@@ -155,8 +155,8 @@ def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, d
     Samples come from `feed` (a Feed: images, labels and, with `augment`, crop anchors and
     flips), or from DALI's webdataset reader in stored order when `reader` is a dict of
     `paths`, `indexes`, the image `member` extension and its `header` bytes before the pixels
-    (verify's read-back; the labels come out as the `.cls` bytes, for the caller to parse). `norm`: None for uint8 pixels, else the
-    NormSpec to apply (float32 out). `device_id` None keeps every op on the CPU.
+    (verify's read-back; the labels come out as the `.cls` bytes, for the caller to parse).
+    `norm`: None for uint8 pixels, else the NormSpec to apply (float32 out). `device_id` None keeps every op on the CPU.
     """
     h, w, c = shape
     gpu = device_id is not None
