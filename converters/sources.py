@@ -248,9 +248,10 @@ def _images_in(folder: Path, recursive: bool = False, skipped: list | None = Non
         if p.is_dir():
             if not recursive:
                 raise NormfastError(f"{p}: unexpected folder (images must lie directly in {folder})")
-            if p.resolve() in here:
+            target = p.resolve()
+            if any(target == h or target in h.parents for h in here):   # it would list itself again
                 raise NormfastError(f"{p}: symlink loop (points to "
-                                 f"{os.readlink(p) if p.is_symlink() else p.resolve()}, a folder above it)")
+                                 f"{os.readlink(p) if p.is_symlink() else target}, a folder above it)")
             files += _images_in(p, recursive=True, skipped=skipped, _above=here)
             continue
         if p.suffix.lower() not in IMAGE_EXTENSIONS:

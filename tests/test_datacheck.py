@@ -294,3 +294,11 @@ def test_the_check_runs_once_on_load_and_is_cheap(data):
     with pytest.raises(NormfastError, match="test-00000.tar: 10 bytes"):
         load_manifest(data)
     assert load_manifest(data, check=False).count("test") == 60
+
+
+def test_convert_force_replaces_a_broken_dataset(data):
+    """The check on load would refuse it; `--force` must still be able to replace it."""
+    tar = data / "dali" / "train-00000.tar"
+    os.truncate(tar, 100)
+    convert(ConvertConfig("synthetic", data, limit=50, quiet=True, formats=("dali",), force=True))
+    assert load_manifest(data).count("train") == 50
