@@ -24,7 +24,7 @@ setup(
         "psutil",          # peak memory in benchmarks
     ],
     extras_require={
-        "test": ["pytest", "ruff", "webdataset"],   # .ci/run: ruff check, then pytest; webdataset: tests/test_formats.py
+        "test": ["pytest", "ruff", "webdataset"],   # .ci/run: ruff, then pytest (webdataset: test_formats)
         "timm": ["timm>=1.0"],               # --pretrained timm: the seed's weights
         "tensorboard": ["tensorboard"],      # --log tensorboard
         "wandb": ["wandb"],                  # --log wandb

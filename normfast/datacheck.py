@@ -86,8 +86,8 @@ def check_beton(m: Manifest, split: str, listed: dict | None = None) -> np.ndarr
                                 f"{int(h['num_fields'])} fields of types {types}); {fix}")
         n, table_at = int(h["num_samples"]), int(h["alloc_table_ptr"])
         if n != count:
-            raise NormfastError(f"{path}: its header says {n} samples, manifest.json splits.{split}.count "
-                                f"says {count}; {fix}")
+            raise NormfastError(f"{path}: holds {n} samples (its header), manifest.json says {count} "
+                                f"(splits.{split}.count); {fix}")
         data_at = meta_at + n * METADATA.itemsize
         if not data_at <= table_at <= size or (size - table_at) % ALLOC.itemsize:
             raise NormfastError(f"{path}: {size} bytes, but its header puts the allocation table at byte "
