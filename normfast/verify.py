@@ -3,7 +3,9 @@ samples read back through the formats' own readers (FFCV's Loader, DALI's webdat
 reader) and compared.
 
 What it proves: every listed file is present with its size and sha256 and nothing else is
-in the directory; each split's sample count, per-class counts and label range agree with
+in the directory; the cheap check every verb runs on load holds (normfast.datacheck: paths
+inside the dataset, counts against index entries and .beton headers, each shard's first
+image, labels in range); each split's sample count, per-class counts and label range agree with
 the manifest, recomputed from the stored labels; the train split's per-channel mean/std
 agree with the manifest, recomputed in one streaming pass over its stored pixels; and the
 first --samples samples of each split are identical through every reader present.
