@@ -24,7 +24,8 @@ setup(
         "psutil",          # peak memory in benchmarks
     ],
     extras_require={
-        "test": ["pytest", "ruff", "submitit>=1.5"],   # .ci/run: ruff check, then pytest (sweep --executor local)
+        # .ci/run: ruff, then pytest; submitit for sweep --executor local, webdataset for test_formats
+        "test": ["pytest", "ruff", "submitit>=1.5", "webdataset"],
         "timm": ["timm>=1.0"],               # --pretrained timm: the seed's weights
         "tensorboard": ["tensorboard"],      # --log tensorboard
         "wandb": ["wandb"],                  # --log wandb

@@ -25,16 +25,17 @@ from pathlib import Path
 import numpy as np
 
 import normfast
-from converters.formats import StagingDataset, formats
-from converters.output import check_apart, check_replaceable, is_ours, make_temporary, recover, swap_into_place
+from converters.formats import StagingDataset, encode_image, formats
+from converters.output import (check_apart, check_replaceable, is_ours, make_temporary, notice, recover,
+                               swap_into_place)
 from converters.sources import Source, limit, sources, subset
 from normfast.errors import NormfastError
 from normfast.atomic import write_json
-from normfast.manifest import MANIFEST, file_entry
+from normfast.manifest import ENCODINGS, FORMAT_VERSION, MANIFEST, file_entry
 from normfast.progress import progress_bar
 from normfast.registry import parse_list
+from normfast.shards import decode_bytes
 from normfast.stats import ChannelStats
-from normfast.shards import ENCODINGS
 
 ORDER_SEED = 20240229       # fixed: the same source always converts to the same stored order
 SPLIT_STREAMS = {"train": 1, "test": 2}
@@ -80,8 +81,10 @@ def describe(ds, i: int) -> str:
 
 
 def stage_split(ds, path: Path, size: int | None, num_classes: int, stats: ChannelStats | None,
-                bar) -> StagingDataset:
-    """Decode every image of `ds` once into `path`; check one shape and valid labels."""
+                bar, where: str = "the source", quality: int | None = None) -> StagingDataset:
+    """Decode every image of `ds` once into `path`; check one shape and valid labels.
+    `quality`: the images are stored as JPEG of that quality, so `stats` counts the pixels a
+    reader decodes from them (Pillow's decode of Pillow's encoding, as the shards hold)."""
     shape, labels = None, np.empty(len(ds), dtype=np.int64)
     with open(path, "wb") as f:
         for i in range(len(ds)):
@@ -101,10 +104,11 @@ def stage_split(ds, path: Path, size: int | None, num_classes: int, stats: Chann
             labels[i] = label
             f.write(np.ascontiguousarray(img).tobytes())
             if stats is not None:
-                stats.add(img)
+                stats.add(img if quality is None else
+                          decode_bytes(encode_image(img, "jpg", quality), "jpg", img.shape))
             bar.update(1)
     if shape is None:
-        raise NormfastError(f"{path.stem} split is empty")
+        raise NormfastError(f"{where}: the {path.stem.removeprefix('.staging-')} split holds no images")
     return StagingDataset(path, shape, labels)
 
 
@@ -137,6 +141,9 @@ def convert(cfg: ConvertConfig) -> dict:
     if cfg.size is not None and cfg.size < 8:
         raise NormfastError(f"--size {cfg.size}: must be at least 8")
     out = Path(cfg.out)
+    for parent in out.parents:          # `--out FILE/sub`: say so, not mkdir's "File exists"
+        if parent.exists() and not parent.is_dir():
+            raise NormfastError(f"--out {out}: {parent} is a file, not a folder")
     check_apart(cfg.src, out)
     try:
         recover(out)                   # leftovers of a killed run: restore or remove, with a notice
@@ -147,6 +154,11 @@ def convert(cfg: ConvertConfig) -> dict:
     check_replaceable(out)
 
     source = load_source(cfg)
+    if source.skipped:         # what torchvision's ImageFolder would read, and normfast does not
+        names = ", ".join(str(p) + ("/" if p.is_dir() else "") for p in source.skipped[:5])
+        more = f" and {len(source.skipped) - 5} more" if len(source.skipped) > 5 else ""
+        notice(f"skipped {len(source.skipped)} hidden entries (names starting with '.'; torchvision's "
+               f"ImageFolder would read them): {names}{more}")
     tmp = None
     t0 = time.perf_counter()
     try:
@@ -180,7 +192,9 @@ def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path
         ds = limit(ds, cfg.limit)      # after the shuffle: a random, class-proportional subset
         with progress_bar(len(ds), f"{split}: decode", cfg.quiet) as bar:
             staging = stage_split(ds, tmp / f".staging-{split}.u8", cfg.size, num_classes,
-                                  stats if split == "train" else None, bar)
+                                  stats if split == "train" else None, bar,
+                                  where=str(source.roots.get(split) or cfg.src or cfg.source),
+                                  quality=cfg.quality if cfg.encoding == "jpg" else None)
         if shape is None:
             shape = staging.shape
         elif staging.shape != shape:
@@ -210,6 +224,7 @@ def _convert_into(source: Source, cfg: ConvertConfig, fmts: list[str], tmp: Path
                           else cfg.encoding} for fmt in fmts},
         "files": [file_entry(tmp, p) for p in files],
         "version": normfast.__version__,
+        "format_version": FORMAT_VERSION,
         "limit": cfg.limit,
         "order": {"shuffled": source.grouped, "seed": ORDER_SEED if source.grouped else None,
                   "rule": "numpy default_rng([seed, 1 (train) | 2 (test), source count]).permutation, "

@@ -1,8 +1,12 @@
 """Writers of the two fast formats, both fed from one validated uint8 staging file.
 
 - ffcv: `ffcv/<split>.beton` with an RGBImageField `image` (raw or jpg) and IntField `label`.
-- dali: `dali/<split>-NNNNN.tar` webdataset shards (`<key>.raw|png|jpg` + `<key>.cls`,
-  label as 8-byte little-endian int64) with DALI index files `<split>-NNNNN.idx`.
+- dali: `dali/<split>-NNNNN.tar` webdataset shards (`<key>.npy|png|jpg` + `<key>.cls`, the
+  label as ASCII decimal: webdataset's conventions, README "Formats") with DALI index files
+  `<split>-NNNNN.idx`.
+
+With jpg both formats hold the very same JPEG bytes: FFCV's writer is handed Pillow's
+encoding (`same_jpeg`) instead of re-encoding with OpenCV, so no format holds other pixels.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from normfast.errors import NormfastError
 from normfast.registry import Registry
+from normfast.shards import encode_label, image_member, npy_header
 
 formats: Registry = Registry("format")
 SHARD_SAMPLES = 10_000
@@ -50,8 +55,9 @@ class StagingDataset:
 
 
 def encode_image(img: np.ndarray, encoding: str, quality: int) -> bytes:
+    """A shard's image member: raw as .npy (np.save's bytes), else PNG or JPEG by Pillow."""
     if encoding == "raw":
-        return np.ascontiguousarray(img).tobytes()
+        return npy_header(img.shape) + np.ascontiguousarray(img).tobytes()
     from PIL import Image
     buf = io.BytesIO()
     if encoding == "png":
@@ -89,10 +95,10 @@ class ShardWriter:
         if self.tar is None or len(self.entries) == self.shard_samples:
             self._close()
             self._open()
-        key = f"{self.count:09d}"
-        ext = self.encoding          # the member's extension names its encoding
+        key = f"{self.count:09d}"    # the stored index: webdataset's key (README "Formats")
+        ext = image_member(self.encoding)
         img_off = self._add(f"{key}.{ext}", encode_image(img, self.encoding, self.quality))
-        cls_off = self._add(f"{key}.cls", np.int64(label).tobytes())
+        cls_off = self._add(f"{key}.cls", encode_label(label))
         self.entries.append((key, (ext, *img_off), ("cls", *cls_off)))
         self.count += 1
 
@@ -165,13 +171,27 @@ def write_ffcv(staging: StagingDataset, out_dir: Path, split: str, encoding: str
     quiet = progress is None or progress.disable
     ffcv.writer.tqdm = functools.partial(tqdm, disable=quiet, leave=False, desc=f"{split}: ffcv", unit="img")
     try:
-        with keep_torch_threads():
+        with keep_torch_threads(), same_jpeg():
             supervised(lambda: writer.from_indexed_dataset(staging, chunksize=256), path)
     finally:
         ffcv.writer.tqdm = tqdm
     if progress is not None:
         progress.update(len(staging))
     return {"file": f"{split}.beton", "image_encoding": mode}
+
+
+class same_jpeg:
+    """While open, FFCV's RGBImageField encodes JPEG with Pillow as the shards do (it would use
+    OpenCV, whose bytes decode to other pixels: 44.9 dB apart). Its workers are forked inside,
+    so they inherit it."""
+
+    def __enter__(self):
+        import ffcv.fields.rgb_image as rgb
+        self.module, self.original = rgb, rgb.encode_jpeg
+        rgb.encode_jpeg = lambda image, quality: np.frombuffer(encode_image(image, "jpg", quality), np.uint8)
+
+    def __exit__(self, *exc):
+        self.module.encode_jpeg = self.original
 
 
 # ---------------------------------------------------------------- FFCV's writer, supervised

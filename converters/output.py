@@ -47,7 +47,7 @@ def check_replaceable(out: Path) -> None:
         raise NormfastError(f"{out}: exists and is not a converted dataset (no {MANIFEST}; it holds "
                             f"{_names(out, entries)}); --force replaces only those (or an empty directory)")
     try:
-        m = load_manifest(out)
+        m = load_manifest(out, check=False)      # a broken dataset may still be replaced
     except NormfastError as e:
         raise NormfastError(f"{out}: exists and is not a converted dataset ({e}); --force replaces only "
                             "those (or an empty directory)") from None

@@ -8,6 +8,7 @@ and labels up front and raise NormfastError naming the file and what is wrong; i
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ class Source:
     classes: list[str]
     splits: dict = field(default_factory=dict)   # split name -> indexed dataset
     grouped: bool = False     # samples listed class by class: conversion stores a seeded shuffle
+    roots: dict = field(default_factory=dict)     # split name -> its source folder (for messages)
+    skipped: list = field(default_factory=list)   # hidden entries left out (convert names them)
 
 
 class ArrayDataset:
@@ -118,9 +121,21 @@ def subset(ds, indices: np.ndarray):
     return FileDataset([ds.paths[i] for i in indices], [ds.labels[i] for i in indices])
 
 
+def _dangling(path: Path) -> str | None:
+    """Why a symlink cannot be followed ("symlink loop" or "broken symlink"), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        kind = "symlink loop" if e.errno == errno.ELOOP else "broken symlink"
+        return f"{kind} (points to {os.readlink(path)})"
+    return None
+
+
 def require(path: Path, what: str) -> Path:
-    if path.is_symlink() and not path.exists():
-        raise NormfastError(f"{path}: broken symlink (points to {os.readlink(path)}; {what})")
+    if (why := _dangling(path)) is not None:
+        raise NormfastError(f"{path}: {why[:-1]}; {what})")
     if not path.exists():
         raise NormfastError(f"{path}: missing ({what})")
     return path
@@ -210,21 +225,35 @@ def read_svhn(src: Path) -> Source:
 
 # ---------------------------------------------------------------- Tiny ImageNet-200
 
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    """The image files in `folder` (hidden names skipped), sorted. With `recursive`, those in
-    its subfolders too, as torchvision's ImageFolder reads them; without, a subfolder is an
-    error rather than images silently left out."""
-    files = []
+def _hidden(p: Path) -> bool:
+    """A hidden entry that torchvision's ImageFolder would read (a folder, or an image file):
+    normfast leaves it out and convert names it. Others (.DS_Store) both leave out silently."""
+    return p.is_dir() or p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _images_in(folder: Path, recursive: bool = False, skipped: list | None = None,
+               _above: frozenset = frozenset()) -> list[Path]:
+    """The image files in `folder` (hidden names skipped, and added to `skipped` where
+    torchvision would read them), sorted. With `recursive`, those in its subfolders too, as
+    torchvision's ImageFolder reads them; without, a subfolder is an error rather than images
+    silently left out. A folder symlink back to a folder above is an error, not a descent."""
+    files, here = [], _above | {folder.resolve()}
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
+            if skipped is not None and _hidden(p):
+                skipped.append(p)
             continue
+        if (why := _dangling(p)) is not None:
+            raise NormfastError(f"{p}: {why}")
         if p.is_dir():
             if not recursive:
                 raise NormfastError(f"{p}: unexpected folder (images must lie directly in {folder})")
-            files += _images_in(p, recursive=True)
+            target = p.resolve()
+            if any(target == h or target in h.parents for h in here):   # it would list itself again
+                raise NormfastError(f"{p}: symlink loop (points to "
+                                 f"{os.readlink(p) if p.is_symlink() else target}, a folder above it)")
+            files += _images_in(p, recursive=True, skipped=skipped, _above=here)
             continue
-        if not p.exists():
-            raise NormfastError(f"{p}: broken symlink (points to {os.readlink(p)})")
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise NormfastError(f"{p}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         files.append(p)
@@ -236,6 +265,11 @@ def read_tiny_imagenet(src: Path) -> Source:
     wnids = [w.strip() for w in require(src / "wnids.txt", "class list").read_text().splitlines() if w.strip()]
     if not wnids:
         raise NormfastError(f"{src / 'wnids.txt'}: empty class list")
+    lines = [n for n, w in enumerate((src / "wnids.txt").read_text().splitlines(), 1) if w.strip()]
+    for i, w in enumerate(wnids):
+        if w in wnids[:i]:      # one class twice: its images would be stored twice, under two labels
+            raise NormfastError(f"{src / 'wnids.txt'}: lines {lines[wnids.index(w)]} and {lines[i]} both "
+                                f"list {w!r}")
     index = {w: i for i, w in enumerate(wnids)}
     paths, labels = [], []
     for w in wnids:
@@ -272,7 +306,8 @@ def read_tiny_imagenet(src: Path) -> Source:
     names = sorted(listed)
     test = FileDataset([present[n] for n in names], [listed[n][0] for n in names])
     # train is listed class by class; val is in file-name order (already mixed), shuffled too
-    return Source("tiny-imagenet-200", wnids, {"train": train, "test": test}, grouped=True)
+    return Source("tiny-imagenet-200", wnids, {"train": train, "test": test}, grouped=True,
+                  roots={"train": src / "train", "test": img_dir})
 
 
 # ---------------------------------------------------------------- ImageFolder
@@ -288,23 +323,28 @@ def read_imagefolder(src: Path) -> Source:
     if not classes:
         raise NormfastError(f"{train_dir}: no class folders")
     index = {c: i for i, c in enumerate(classes)}
-    splits = {}
+    splits, skipped = {}, []
     for split, root in (("train", train_dir), ("test", test_dir)):
         paths, labels = [], []
         for entry in sorted(root.iterdir()):
             if entry.name.startswith("."):
+                if _hidden(entry):
+                    skipped.append(entry)
                 continue
             if not entry.is_dir():
                 raise NormfastError(f"{entry}: expected only class folders in {root}")
             if entry.name not in index:
                 raise NormfastError(f"{entry}: class {entry.name!r} is not among the train classes")
-            files = _images_in(entry, recursive=True)
+            files = _images_in(entry, recursive=True, skipped=skipped)
             if not files:
                 raise NormfastError(f"{entry}: empty class folder")
             paths += files
             labels += [index[entry.name]] * len(files)
         splits[split] = FileDataset(paths, labels)
-    return Source(src.name or "imagefolder", classes, splits, grouped=True)
+    from normfast.manifest import safe_name
+    name = src.resolve().name              # `--src data/..` is named after the folder itself
+    return Source(name if safe_name(name) else "imagefolder", classes, splits, grouped=True,
+                  roots={"train": train_dir, "test": test_dir}, skipped=skipped)
 
 
 # ---------------------------------------------------------------- synthetic demo

@@ -181,11 +181,13 @@ def convert(source, src, out, fmt, encoding, quality, limit, size, download, for
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def stats(data_dir, as_json):
+@click.option("--name", default=None, help="Compare with this dataset's published statistics (e.g. cifar10 "
+              "for an ImageFolder conversion of it); default: the manifest's name or source.")
+def stats(data_dir, as_json, name):
     """Print the seed's Table 1 for a converted dataset: computed vs published mean/std,
     and the train split's mean/std after each normalization setting."""
     from normfast.stats import format_stats, table1
-    t = table1(data_dir)
+    t = table1(data_dir, name)
     click.echo(json.dumps(t, indent=2) if as_json else format_stats(t))
 
 

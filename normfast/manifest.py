@@ -1,7 +1,12 @@
 """manifest.json: what a converted dataset directory holds. Loaders trust it; verify checks it.
 
 Stable keys other tools read: name, classes, image_shape, splits.<split>.count, stats.mean,
-stats.std, encoding, files, version.
+stats.std, encoding, files, version, format_version (absent in datasets written before it: 1).
+
+Every path a manifest names is relative and must resolve inside the dataset directory
+(`inside`), and `load_manifest` checks cheaply that the files agree with the manifest
+(normfast.datacheck) before any verb reads them: a copied or tampered dataset is refused in
+one line instead of being read outside its directory, or trained on scrambled.
 """
 from __future__ import annotations
 
@@ -17,6 +22,11 @@ from normfast.errors import NormfastError
 
 MANIFEST = "manifest.json"
 FORMATS = ("ffcv", "dali")
+ENCODINGS = ("raw", "png", "jpg")   # the image encodings a conversion can store
+# 1: shards with `.raw` images and binary int64 `.cls` labels (no format_version key);
+# 2: webdataset's conventions, `.npy` images and ASCII `.cls` labels (README "Formats").
+FORMAT_VERSION = 2
+STD_FLOOR = 1e-4    # [0,1] units (0.03 gray levels): a smaller train std is no real dataset's
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -47,9 +57,31 @@ def val_split(manifest: Manifest, fraction: float, seed: int) -> tuple[np.ndarra
     return np.setdiff1d(np.arange(n), val), val
 
 
-def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) -> Manifest:
+def inside(root: Path, rel, what: str) -> Path:
+    """root/rel, refused unless `rel` is a relative path that stays inside `root` with every
+    symlink resolved: a dataset must not make normfast read a file outside its directory."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise NormfastError(f"{root / MANIFEST}: {what} is {str(rel)!r}, expected a path inside the "
+                            "dataset directory")
+    full = root / p
+    try:
+        real, top = full.resolve(), root.resolve()
+    except (OSError, RuntimeError) as e:      # a symlink loop
+        raise NormfastError(f"{full}: cannot be resolved ({e}); {what} must lie inside the dataset") from None
+    if real != top and top not in real.parents:
+        raise NormfastError(f"{full}: {what} leads outside the dataset directory (to {real}); "
+                            "normfast reads only files inside it")
+    return full
+
+
+def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",), check: bool = True) -> Manifest:
     """The manifest of a converted dataset, its types and shape checked (see `validate`).
-    `splits`: those that must be present (verify and stats need train and test)."""
+    `splits`: those that must be present (verify and stats need train and test).
+    `check`: also check cheaply that the files agree with it (normfast.datacheck: sizes,
+    counts, the first sample of each shard, the .beton's header), so a mismatched dataset
+    is one error line before any training; off only for `verify` (which checks it all in its
+    own order) and for `convert --force` (which may replace a broken dataset)."""
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST
     if not data_dir.is_dir():
@@ -64,10 +96,11 @@ def load_manifest(data_dir: str | Path, splits: tuple[str, ...] = ("train",)) ->
     except (OSError, UnicodeDecodeError) as e:
         raise NormfastError(f"{path}: unreadable ({e})") from None
     validate(m, path, splits)
-    return Manifest(data_dir, m)
-
-
-ENCODINGS = ("raw", "png", "jpg")
+    manifest = Manifest(data_dir, m)
+    if check:
+        from normfast.datacheck import check_dataset
+        check_dataset(manifest)
+    return manifest
 
 
 def _kind(v) -> str:
@@ -100,8 +133,15 @@ def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
         bad("the manifest", m, "a JSON object")
     for key in ("name", "classes", "image_shape", "splits", "stats", "encoding", "files", "formats"):
         need(m, key, "")
-    if not isinstance(m["name"], str):
-        bad("name", m["name"], "a string")
+    version = m.get("format_version", 1)
+    if not _is_int(version) or version < 1:
+        bad("format_version", version, "a whole number from 1")
+    if version > FORMAT_VERSION:
+        raise NormfastError(f"{path}: format_version {version} is newer than this normfast reads "
+                            f"({FORMAT_VERSION}); upgrade normfast, or re-convert the dataset with this one")
+    name = m["name"]
+    if not (isinstance(name, str) and safe_name(name)):
+        bad("name", name, "a dataset name usable as one folder name (no '/', not '.' or '..')")
     classes = m["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         bad("classes", classes, "a non-empty list of class names")
@@ -122,6 +162,13 @@ def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
     for fmt, info in formats.items():
         if not isinstance(info, dict) or info.get("image_encoding") not in ENCODINGS:
             bad(f"formats.{fmt}", info, f"an object with image_encoding one of {', '.join(ENCODINGS)}")
+        d = info.get("dir", fmt)
+        if not isinstance(d, str) or Path(d).is_absolute() or ".." in Path(d).parts or not Path(d).parts:
+            bad(f"formats.{fmt}.dir", d, "a path inside the dataset directory")
+        stored = "raw" if fmt == "ffcv" and m["encoding"] == "png" else m["encoding"]  # FFCV has no png
+        if info["image_encoding"] != stored:
+            raise NormfastError(f"{path}: formats.{fmt}.image_encoding is {info['image_encoding']!r} but "
+                                f"encoding is {m['encoding']!r}; run `normfast verify {path.parent}`")
     stats = m["stats"]
     if not isinstance(stats, dict):
         bad("stats", stats, "an object")
@@ -130,6 +177,9 @@ def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
         if not (isinstance(v, list) and len(v) == 3 and all(_is_num(x) and x >= (0 if key == "std" else -1e9)
                                                              for x in v)):
             bad(f"stats.{key}", v, "3 finite numbers" + (", none negative" if key == "std" else ""))
+    if min(stats["std"]) < STD_FLOOR:
+        raise NormfastError(f"{path}: stats.std is {stats['std']}: a channel below {STD_FLOOR} cannot "
+                            "normalize (it would divide by almost zero); re-convert the dataset")
     if "pixels" in stats and not (_is_int(stats["pixels"]) and stats["pixels"] >= 0):
         bad("stats.pixels", stats["pixels"], "a count")
     files = m["files"]
@@ -163,6 +213,9 @@ def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
         if len(counts) != len(classes):
             raise NormfastError(f"{path}: {where}class_counts has {len(counts)} entries (labels up to "
                                 f"{len(counts) - 1}) but classes lists {len(classes)}")
+        if sum(counts) != count:
+            raise NormfastError(f"{path}: {where}count is {count} but its class_counts add up to "
+                                f"{sum(counts)}; run `normfast verify {path.parent}`")
         fmts = info.get("formats", {})
         if not isinstance(fmts, dict):
             bad(where + "formats", fmts, "an object")
@@ -176,6 +229,22 @@ def validate(m, path: Path, splits: tuple[str, ...] = ("train",)) -> None:
             if not ok:
                 bad(where + f"formats.{fmt}", entry,
                     "{shards: [...], indexes: [...]}" if fmt == "dali" else "{file: NAME}")
+            names = [("file", entry["file"])] if fmt == "ffcv" else \
+                [(k, x) for k in ("shards", "indexes") for x in entry[k]]
+            for k, rel in names:
+                p = Path(rel)
+                if p.is_absolute() or ".." in p.parts or not p.parts:
+                    bad(where + f"formats.{fmt}.{k}", rel, "a path inside the dataset directory")
+            if fmt == "dali" and len(entry["shards"]) != len(entry["indexes"]):
+                raise NormfastError(f"{path}: {where}formats.dali lists {len(entry['shards'])} shards but "
+                                    f"{len(entry['indexes'])} index files; run `normfast verify {path.parent}`")
+
+
+def safe_name(name: str) -> bool:
+    """Whether `name` can be one path component of a run directory: a dataset's name picks
+    the folder under --runs, so "../../escape" would write outside it."""
+    return bool(name) and name not in (".", "..") and len(name.encode()) <= 200 \
+        and not any(c in name for c in "/\\\0") and name.isprintable()
 
 
 def files_identity(files: list[dict]) -> str:
@@ -268,10 +337,22 @@ class Manifest:
             raise NormfastError(f"{self.root}: split {split!r} has no {fmt} files in manifest.json")
         return info
 
+    @property
+    def format_version(self) -> int:
+        return self.raw.get("format_version", 1)
+
+    def format_dir(self, fmt: str) -> str:
+        """The folder of a format's files, relative to `root` (checked by `inside` on use)."""
+        return self.raw["formats"][fmt].get("dir", fmt)
+
+    def path(self, rel: str, what: str) -> Path:
+        """root/rel, refused unless it stays inside the dataset (see `inside`)."""
+        return inside(self.root, rel, what)
+
     def beton(self, split: str) -> Path:
         """A split's FFCV .beton, checked to exist (readers need no FFCV import to find it)."""
         info = self.split_format(split, "ffcv")
-        path = self.root / self.raw["formats"]["ffcv"].get("dir", "ffcv") / info["file"]
+        path = self.path(f"{self.format_dir('ffcv')}/{info['file']}", f"splits.{split}.formats.ffcv.file")
         if not path.is_file():
             raise NormfastError(f"{path}: missing (listed in manifest.json); re-run `normfast convert`")
         return path
@@ -280,8 +361,9 @@ class Manifest:
         """(tar paths, index paths, image encoding) of a split's webdataset shards, all present."""
         info = self.split_format(split, "dali")
         encoding = self.raw["formats"]["dali"]["image_encoding"]
-        paths = [self.root / "dali" / s for s in info["shards"]]
-        indexes = [self.root / "dali" / s for s in info["indexes"]]
+        d = self.format_dir("dali")
+        paths = [self.path(f"{d}/{s}", f"splits.{split}.formats.dali.shards") for s in info["shards"]]
+        indexes = [self.path(f"{d}/{s}", f"splits.{split}.formats.dali.indexes") for s in info["indexes"]]
         for p in paths + indexes:
             if not p.is_file():
                 raise NormfastError(f"{p}: missing (listed in manifest.json); re-run `normfast convert`")

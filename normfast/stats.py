@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from normfast.configfiles import reference_stats
+from normfast.errors import NormfastError
 from normfast.manifest import Manifest, load_manifest
 from normfast.normalization import SETTINGS, reference_normalize, resolve_norm
 
@@ -63,9 +64,19 @@ def _streamed_stats(manifest: Manifest, spec, batch_size: int) -> dict:
     return {"mean": m.tolist(), "std": np.sqrt(np.maximum(s2 / n - m * m, 0)).tolist()}
 
 
-def table1(data_dir: str | Path) -> dict:
+def table1(data_dir: str | Path, name: str | None = None) -> dict:
+    """`name`: the dataset whose published statistics to compare with (`stats --name`);
+    by default the manifest's name, else its recorded source (an ImageFolder conversion of
+    CIFAR-10 is named after its folder)."""
     manifest = load_manifest(data_dir, splits=("train", "test"))
-    ref = reference_stats(manifest.name)
+    if name is not None:
+        ref = reference_stats(name)
+        if ref is None:
+            from normfast.configfiles import dataset_registry
+            known = sorted(k for k, v in dataset_registry().items() if "mean" in v and "std" in v)
+            raise NormfastError(f"--name {name}: no published statistics; known: {', '.join(known)}")
+    else:
+        ref = reference_stats(manifest.name) or reference_stats(manifest.source)
     mean, std = manifest.stats
     return {
         "dataset": manifest.name,

@@ -112,6 +112,9 @@ def test_missing_or_wrong_file_is_a_clear_error(edge, tmp_path):
     bad = tmp_path / "bad"
     (bad / "ffcv").mkdir(parents=True)
     manifest["splits"]["train"]["count"] = EDGE_N + 1
+    manifest["splits"]["train"]["class_counts"][0] += 1      # else refused for not adding up
+    manifest["formats"].pop("dali")                          # this dataset has only the .beton
+    manifest["splits"]["train"]["formats"].pop("dali")
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(NormfastError, match="train.beton: missing"):
         loader(bad)

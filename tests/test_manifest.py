@@ -46,12 +46,14 @@ def test_unknown_split_lists_the_valid_ones(synthetic_dir):
 
 def test_a_manifest_without_the_optional_keys_loads(synthetic_dir, tmp_path):
     """Datasets converted before num_classes, stats.pixels and source were written still load."""
+    import shutil
     raw = json.loads((synthetic_dir / "manifest.json").read_text())
     for key in ("num_classes", "source", "seconds", "version"):
         raw.pop(key, None)
     raw["stats"].pop("pixels", None)
-    (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    m = load_manifest(tmp_path)
+    shutil.copytree(synthetic_dir, tmp_path / "d")
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(raw))
+    m = load_manifest(tmp_path / "d")
     assert m.count("train") == raw["splits"]["train"]["count"] and m.num_classes == len(raw["classes"])
     fmt = next(f for f in ("ffcv", "dali") if f not in m.formats) if len(m.formats) < 2 else None
     if fmt:

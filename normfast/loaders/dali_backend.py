@@ -65,20 +65,18 @@ class ShardSamples:
     """A split's samples in the shards, addressed by stored index, gathered by the batch."""
 
     def __init__(self, reader: ShardReader):
+        # where each sample's pixels (past any .npy header) or bytes lie, and the labels,
+        # parsed once per shard by normfast.shards
         self.encoding, self.shape = reader.encoding, tuple(reader.shape)
-        loc = np.asarray(reader.locations, dtype=np.int64).reshape(-1, 4)   # shard, offset, size, label offset
-        self.n = len(loc)
+        self.n = len(reader)
         self.maps = [_map(p) for p in reader.shards]
-        self.shard, self.offset, self.size = loc[:, 0], loc[:, 1], loc[:, 2]
-        self.labels = np.empty(self.n, np.int64)
+        self.shard, self.offset, self.size, self.labels = reader.shard, reader.offset, reader.size, reader.labels
         self.local = np.empty(self.n, np.int64)          # position within its shard
         self.views: list[np.ndarray | None] = []          # raw: (samples in shard, H*W*C) strided views
         nbytes = int(np.prod(self.shape))
         for k, data in enumerate(self.maps):
             rows = np.flatnonzero(self.shard == k)
             self.local[rows] = np.arange(len(rows))
-            label_at = loc[rows, 3]
-            self.labels[rows] = data[label_at[:, None] + np.arange(8)].view("<i8").reshape(-1)
             self.views.append(self._strided(data, self.offset[rows], self.size[rows], nbytes)
                               if self.encoding == "raw" else None)
 
@@ -156,8 +154,9 @@ def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, d
 
     Samples come from `feed` (a Feed: images, labels and, with `augment`, crop anchors and
     flips), or from DALI's webdataset reader in stored order when `reader` is a dict of
-    `paths` and `indexes` (verify's read-back). `norm`: None for uint8 pixels, else the
-    NormSpec to apply (float32 out). `device_id` None keeps every op on the CPU.
+    `paths`, `indexes`, the image `member` extension and its `header` bytes before the pixels
+    (verify's read-back; the labels come out as the `.cls` bytes, for the caller to parse).
+    `norm`: None for uint8 pixels, else the NormSpec to apply (float32 out). `device_id` None keeps every op on the CPU.
     """
     h, w, c = shape
     gpu = device_id is not None
@@ -168,8 +167,10 @@ def build_pipeline(encoding: str, shape, batch_size: int, *, num_threads: int, d
         if reader is not None:
             data, labels = fn.readers.webdataset(
                 paths=[str(p) for p in reader["paths"]], index_paths=[str(p) for p in reader["indexes"]],
-                ext=[encoding, "cls"], dtypes=[types.UINT8, types.INT64], missing_component_behavior="error",
-                name="Reader", pad_last_batch=True)
+                ext=[reader["member"], "cls"], dtypes=[types.UINT8, types.UINT8],
+                missing_component_behavior="error", name="Reader", pad_last_batch=True)
+            if reader["header"]:
+                data = data[reader["header"]:]
         elif augment:
             data, labels, anchor, mirror = fn.external_source(
                 source=feed, num_outputs=4, batch=True, no_copy=False,
@@ -320,14 +321,22 @@ def make_loader(cfg: LoaderConfig) -> DaliLoader:
     return DaliLoader(cfg)
 
 
+def _label(cls: bytes) -> int:
+    """A `.cls` as DALI's reader hands it over: ASCII, or format 1's little-endian int64."""
+    if len(cls) == 8 and cls[7] == 0:
+        return int.from_bytes(cls, "little", signed=True)
+    return int(cls.decode("ascii"))
+
+
 def dali_uint8_batches(manifest: Manifest, split: str, batch_size: int, num_threads: int = 2):
     """A split read back through DALI's own webdataset reader on the CPU, in stored order,
     without augmentation or normalization: yields (uint8 NHWC numpy, int64 labels numpy)
     batches (used by verify)."""
-    paths, indexes, encoding = manifest.shards(split)
+    plain = ShardReader(manifest, split)
     count_ = manifest.count(split)
-    pipe = build_pipeline(encoding, manifest.image_shape, batch_size, num_threads=num_threads,
-                          device_id=None, reader={"paths": paths, "indexes": indexes})
+    pipe = build_pipeline(plain.encoding, manifest.image_shape, batch_size, num_threads=num_threads,
+                          device_id=None, reader={"paths": plain.shards, "indexes": manifest.shards(split)[1],
+                                                  "member": plain.member, "header": plain.header})
     try:
         n = pipe.reader_meta("Reader")["epoch_size"]   # epoch_size() counts the padding
         if n != count_:
@@ -336,7 +345,7 @@ def dali_uint8_batches(manifest: Manifest, split: str, batch_size: int, num_thre
             images, labels = pipe.run()
             k = min(batch_size, count_ - b)
             x = _to_torch(images, torch.device("cpu"))[:k]
-            y = _to_torch(labels, torch.device("cpu")).reshape(-1)[:k]
-            yield x.numpy().copy(), y.numpy().copy()
+            y = [_label(np.asarray(labels[i]).tobytes()) for i in range(k)]
+            yield x.numpy().copy(), np.array(y, dtype=np.int64)
     finally:
         shutdown(pipe)
