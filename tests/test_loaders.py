@@ -17,6 +17,7 @@ from normfast.errors import NormfastError
 from normfast.loaders import build_loader, shard_bounds
 from normfast.manifest import load_manifest
 from normfast.normalization import PAD, SETTINGS, reference_augment, reference_normalize
+from normfast.ops import Normalizer
 
 BACKENDS = backend_params("dali", "ffcv", "resident", "torch")
 
@@ -66,6 +67,47 @@ def test_instance_constant_channels_give_zero(edge, augment, backend):
         ref = reference_normalize(images, ld.cfg.spec)
         assert (ref[:, 0] == 0).all() and (ref[::5] == 0).all()
         check_close(x, ref, "float32")
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_unnormalized_batches_normalize_to_the_reference(synthetic, augment, backend):
+    """normalize=False: uint8 NCHW in channels-last memory, the very pixels the normalizing
+    loader normalizes (order, crops, flips); `Normalizer.nchw` then gives what that loader
+    yields, for every setting and dtype, within the dtype's rounding of the float64 reference."""
+    images, labels = stored(synthetic)
+    kw = dict(augment=augment, shuffle=True, seed=5, batch_size=256)
+    with loader(synthetic, backend, "minmax", normalize=False, **kw) as raw:
+        x, y, batches = epoch(raw)
+        order = raw.epoch_indices(0)
+        plan = raw.plan(0)
+    for xb, yb in batches:
+        assert xb.dtype == torch.uint8 and xb.shape[1:] == (3, 32, 32)
+        assert xb.is_contiguous(memory_format=torch.channels_last)
+        assert yb.dtype == torch.int64 and len(yb) == len(xb)
+    assert np.array_equal(y.numpy(), labels[order])
+    got = x.numpy().transpose(0, 2, 3, 1)
+    if not augment:
+        want = images[order]
+    elif backend == "torch":          # torchvision draws its own crops: any pad+crop+flip of the image
+        want = reference_augment(images[order], *infer_augmentation(got, images[order]))
+    else:                             # the others: exactly the plan's crops and flips
+        want = reference_augment(images[order], plan[1], plan[2])
+    assert np.array_equal(got, want)
+    for k, setting in enumerate(SETTINGS):
+        with loader(synthetic, backend, setting, dtype=DTYPES[k % 3], **kw) as ld:
+            xs, ys, _ = epoch(ld)
+        assert torch.equal(ys, y)
+        ref = reference_normalize(want, ld.cfg.spec)
+        check_close(xs, ref, DTYPES[k % 3])                 # the normalizing loader ...
+        for dtype in DTYPES:                                # ... and the separate device step
+            out = Normalizer(ld.cfg.spec, "cpu", getattr(torch, dtype)).nchw(x)
+            assert out.dtype == getattr(torch, dtype) and out.is_contiguous(memory_format=torch.channels_last)
+            check_close(out, ref, dtype)
+            if dtype == DTYPES[k % 3] and backend in ("resident", "ffcv"):   # the very same op
+                assert torch.equal(out, xs)
 
 
 # ---------------------------------------------------------------- augmentation
@@ -252,6 +294,14 @@ def test_cuda_matches_reference(synthetic, dtype, backend):
         assert xb.dtype == getattr(torch, dtype) and xb.is_contiguous(memory_format=torch.channels_last)
         assert np.array_equal(y.cpu().numpy(), labels)
         check_close(x.cpu(), reference_normalize(images, ld.cfg.spec), dtype)
+        # unnormalized (uint8 on the GPU), normalized as a separate device step
+        x8, y8, b8 = epoch(loader(synthetic, backend, setting, device="cuda", batch_size=256, normalize=False))
+        assert b8[0][0].dtype == torch.uint8 and b8[0][0].device.type == "cuda"
+        assert b8[0][0].is_contiguous(memory_format=torch.channels_last) and torch.equal(y8, y)
+        assert np.array_equal(x8.cpu().numpy().transpose(0, 2, 3, 1), images)
+        out = Normalizer(ld.cfg.spec, x8.device, getattr(torch, dtype)).nchw(x8)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        check_close(out.cpu(), reference_normalize(images, ld.cfg.spec), dtype)
     # augmentation on the GPU: same checks as on the CPU
     x, y, _ = epoch(loader(synthetic, backend, "minmax", augment=True, device="cuda", seed=5, batch_size=200))
     out = np.rint(x.cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
@@ -353,20 +403,30 @@ def test_an_unclosed_loader_is_freed_without_the_cyclic_gc(synthetic, background
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_close_returns_gpu_memory(synthetic, backend):
+    """Measured against a warm build (a first loader built, run and closed: CUDA's context,
+    cuDNN, DALI's and FFCV's one-off allocations), with the chunked pipeline of the CUDA
+    default: a second loader's epoch and close() give back all but a few MiB."""
     import gc
+    kw = dict(augment=True, shuffle=True, device="cuda", batch_size=256)
+    with loader(synthetic, backend, "finetune", **kw) as warm:
+        epoch(warm)
+        chunked = warm.chunk
     gc.collect()
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()
     free_before = torch.cuda.mem_get_info()[0]
     allocated = torch.cuda.memory_allocated()
-    ld = loader(synthetic, backend, "finetune", augment=True, shuffle=True, device="cuda", batch_size=256)
+    ld = loader(synthetic, backend, "finetune", **kw)
+    assert ld.chunk == chunked and (backend == "torch" or ld.chunk > 1)    # the chunked pipeline
     epoch(ld)                      # nothing of the epoch is kept
     ld.close()
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() <= allocated
-    # DALI and FFCV allocate outside torch: what they took must be back, give or take 64 MiB
-    assert torch.cuda.mem_get_info()[0] >= free_before - (64 << 20)
+    # DALI and FFCV allocate outside torch: what they took must be back, give or take 8 MiB
+    # (one chunk of 2,560 float32 32 px images is 30 MiB)
+    assert torch.cuda.mem_get_info()[0] >= free_before - (8 << 20)
 
 
 @pytest.mark.parametrize("backend_", backend_params("dali", "ffcv", "resident"))
@@ -394,9 +454,9 @@ def test_background_thread_raises_in_the_caller(synthetic, monkeypatch):
     ld = loader(synthetic, "resident", background=True)
 
     def broken(epoch):
-        yield next(iter(type(ld).iter_epoch(ld, epoch)))
+        yield next(iter(type(ld).iter_chunks(ld, epoch)))
         raise NormfastError("disk gone")
-    monkeypatch.setattr(ld, "iter_epoch", broken)
+    monkeypatch.setattr(ld, "iter_chunks", broken)
     with pytest.raises(NormfastError, match="disk gone"):
         epoch(ld)
 
@@ -433,21 +493,21 @@ def test_chunks_yield_the_same_batches(synthetic, backend_, device):
             assert three.producer_cpu_seconds > 0 and three.producer_batches > 0
 
 
-def test_chunk_batches_default_and_override():
+def test_chunk_batches_default_and_override(synthetic):
     from types import SimpleNamespace
     from normfast.loaders import chunk_batches
 
-    def cfg(device="cuda", batch_size=256, shape=(32, 32, 3), **extra):
+    def cfg(device="cuda", batch_size=256, shape=(32, 32, 3), chunk_batches=None):
         return SimpleNamespace(device=torch.device(device, 0) if device == "cuda" else torch.device(device),
-                               batch_size=batch_size, image_shape=shape, extra=extra)
+                               batch_size=batch_size, image_shape=shape, chunk_batches=chunk_batches)
     assert chunk_batches(cfg()) == 10                     # 8 MB of 32 px batches of 256
     assert chunk_batches(cfg(shape=(224, 224, 3))) == 1
     assert chunk_batches(cfg(batch_size=32)) == 16        # capped
     assert chunk_batches(cfg("cpu")) == 1
     assert chunk_batches(cfg("cpu", chunk_batches=4)) == 4
-    for bad in (0, 2.5, "4", True):
+    for bad in (0, 2.5, "4", True):          # LoaderConfig checks it
         with pytest.raises(NormfastError, match="chunk_batches"):
-            chunk_batches(cfg(chunk_batches=bad))
+            loader(synthetic, "resident", chunk_batches=bad)
 
 
 @needs("dali")
@@ -493,12 +553,32 @@ def test_dali_holds_its_buffers_until_the_copy_out_ran(synthetic, monkeypatch):
 def test_an_epoch_order_is_drawn_once(synthetic, backend_, monkeypatch):
     """Each epoch's permutation is computed once per loader (ffcv used to draw it twice: for
     its crops and for FFCV's traversal order)."""
-    import normfast.loaders as loaders_mod
+    import normfast.loaders.order as order_mod
     calls = []
-    real = loaders_mod.epoch_order
-    monkeypatch.setattr(loaders_mod, "epoch_order", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = order_mod.epoch_order
+    monkeypatch.setattr(order_mod, "epoch_order", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     with loader(synthetic, backend_, "finetune", augment=True, shuffle=True, seed=3) as ld:
         epoch(ld)
         epoch(ld)
     # each epoch once, in order (dali's stream may already have drawn the next epoch's)
     assert calls[:2] == [0, 1] and calls == sorted(set(calls))
+
+
+@pytest.mark.parametrize("backend_", backend_params("dali", "ffcv", "resident"))
+def test_the_loader_thread_hands_over_whole_chunks(synthetic, backend_, monkeypatch):
+    """In the loader thread one queue hand-over (one GIL wake-up of the training thread) per
+    chunk, not per batch; the training thread slices the chunk into its batch views."""
+    import queue
+    import normfast.loaders.epoch as epoch_mod
+    kinds = []
+
+    class CountingQueue(queue.Queue):
+        def put(self, item, *args, **kwargs):
+            super().put(item, *args, **kwargs)
+            kinds.append(item[0])
+    monkeypatch.setattr(epoch_mod.queue, "Queue", CountingQueue)
+    with loader(synthetic, backend_, "finetune", augment=True, shuffle=True, batch_size=64, chunk_batches=3,
+                background=True) as ld:
+        x, y, batches = epoch(ld)          # 600 images: 10 batches in 4 chunks
+        assert [len(b) for _, b in batches] == [64] * 9 + [24]
+        assert kinds.count("item") == 4 and ld.producer_chunks == 4 and ld.producer_batches == 10

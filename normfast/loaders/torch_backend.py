@@ -13,7 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_seed
+from normfast.loaders.config import LoaderConfig
+from normfast.loaders.epoch import EpochLoader
+from normfast.loaders.order import epoch_seed
 from normfast.normalization import PAD, NormSpec
 from normfast.ops import instance_normalize
 from normfast.shards import ShardReader
@@ -27,8 +29,11 @@ class InstanceNormalize:
         return instance_normalize(x, dims=(1, 2))
 
 
-def seed_transforms(spec: NormSpec, size: tuple[int, int], augment: bool) -> T.Compose:
+def seed_transforms(spec: NormSpec, size: tuple[int, int], augment: bool, normalize: bool = True) -> T.Compose:
+    """The seed's transforms; without `normalize`, the same crops and flips as uint8 CHW."""
     steps = [T.Pad(PAD, fill=0), T.RandomCrop(size), T.RandomHorizontalFlip(0.5)] if augment else []
+    if not normalize:
+        return T.Compose(steps + [T.PILToTensor()])
     steps.append(T.ToTensor())
     if spec.per_image:
         steps.append(InstanceNormalize())
@@ -61,13 +66,15 @@ class FixedOrder(Sampler):
 
 
 class TorchLoader(EpochLoader):
+    CHUNK_BYTES = None      # the DataLoader's batches are its chunks
+
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         h, w, _ = cfg.image_shape
         reader = ShardReader(cfg.manifest, cfg.split)
-        self.dataset = ShardDataset(reader, seed_transforms(cfg.spec, (h, w), cfg.augment))
+        self.dataset = ShardDataset(reader, seed_transforms(cfg.spec, (h, w), cfg.augment, cfg.normalize))
 
-    def iter_epoch(self, epoch: int):
+    def iter_chunks(self, epoch: int):
         cfg = self.cfg
         order = self.epoch_indices(epoch)
         gen = torch.Generator()
@@ -82,7 +89,7 @@ class TorchLoader(EpochLoader):
         non_blocking = cfg.device.type == "cuda"
         for x, y in loader:
             x = x.to(cfg.device, non_blocking=non_blocking)
-            yield (x.to(cfg.dtype).contiguous(memory_format=torch.channels_last),
+            yield (x.to(cfg.out_dtype).contiguous(memory_format=torch.channels_last),
                    y.to(cfg.device, non_blocking=non_blocking))
 
 
