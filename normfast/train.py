@@ -131,12 +131,7 @@ class Trainer:
                     tail = next(it, None)
                     if tail is not None:
                         x, y = torch.cat([x, tail[0]]), torch.cat([y, tail[1]])
-                try:
-                    loss, out = self.model_step(x, y, train)
-                except ValueError as e:
-                    if not is_one_sample_batch(e):
-                        raise
-                    raise one_sample_batch(x.shape[2:], self.cfg.batch_size, self.dist.world_size) from None
+                loss, out = self.model_step(x, y, train)
                 if train:
                     self._debug_step(epoch, steps, y)
                 meter.update(loss, out, y)
@@ -155,11 +150,9 @@ class Trainer:
         try:
             return self.step(x, y, train)
         except ValueError as e:
-            if "Expected more than 1 value per channel" not in str(e):
+            if not is_one_sample_batch(e):
                 raise
-            raise NormfastError(
-                f"a training batch of {len(y)} sample: BatchNorm cannot train on one sample of "
-                f"{x.shape[2]}x{x.shape[3]} px; use a --batch-size of at least 2 per rank") from None
+            raise one_sample_batch(x.shape[2:], self.cfg.batch_size, self.dist.world_size) from None
 
     def _log_interval(self, late: LateRead, meter: Meter, loss: torch.Tensor, epoch: int, steps: int,
                       per_epoch: int) -> None:
