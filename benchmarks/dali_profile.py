@@ -24,7 +24,7 @@ from normfast.device import resolve_device, sync, use_device
 from normfast.loaders import build_loader
 from normfast.manifest import load_manifest
 from normfast.precision import input_dtype, resolve_amp
-from normfast.train import TrainStep
+from normfast.step import TrainStep
 
 VARIANTS = {"auto": {}, "chunk-1": dict(chunk_batches=1), "auto-fg": dict(background=False),
             "chunk-1-fg": dict(chunk_batches=1, background=False), "auto-prefetch-3": dict(dali_prefetch=3)}

@@ -158,7 +158,7 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     from normfast import recipe
     from normfast.models import models
     from normfast.precision import input_dtype, resolve_amp
-    from normfast.train import TrainStep
+    from normfast.step import TrainStep
     if steps < 1 or warmup < 0 or repeats < 1:
         raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
     device = resolve_device(device)

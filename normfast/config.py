@@ -32,6 +32,7 @@ class TrainConfig:
     compile: str = "none"            # none | default | cudagraphs
     device: str = "auto"
     num_workers: int = 2
+    chunk_batches: int = 0           # training batches a loader prepares at once; 0 = auto (the backend's default)
     runs: str = "runs"
     run_name: str = ""               # default: <model>-<norm>-<backend>
     log_interval: int = 10
@@ -49,6 +50,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _coerce(key: str, value, where: str):
     typ = FIELDS[key].type
+    if key == "chunk_batches" and str(value).strip() == "auto":     # as `bench --chunk-batches auto`
+        return 0
     if typ == "str" and isinstance(value, bool):   # YAML reads a bare off/on/no as a boolean
         value = {"amp": "off" if not value else value, "compile": "none" if not value else value}.get(key, value)
     try:
@@ -111,7 +114,7 @@ def validate(cfg: TrainConfig) -> None:
         raise NormfastError(f"--val-fraction {cfg.val_fraction}: must be in [0, 1) (0 = no validation split)")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise NormfastError(f"--lr {cfg.lr}: must be a positive finite number")
-    for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0)):
+    for k, low in (("log_interval", 1), ("seed", 0), ("num_workers", 0), ("chunk_batches", 0)):
         if getattr(cfg, k) < low:
             raise NormfastError(f"--{k.replace('_', '-')} {getattr(cfg, k)}: must be at least {low}")
     cfg.amp = amp_name(cfg.amp)             # one precision vocabulary: bfloat16 / float32 accepted too

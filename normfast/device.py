@@ -83,16 +83,19 @@ class Dist:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
+    # Without DDP these return their arguments: no device tensor, no host sync.
     def sum(self, values: list[float], device) -> list[float]:
+        if not self.enabled:
+            return [float(v) for v in values]
         t = torch.tensor(values, dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(t)
+        dist.all_reduce(t)
         return t.tolist()
 
     def min(self, value: float, device) -> float:
+        if not self.enabled:
+            return float(value)
         t = torch.tensor([value], dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return t.item()
 
     def barrier(self) -> None:

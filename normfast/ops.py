@@ -46,7 +46,8 @@ def instance_normalize(x: torch.Tensor, dims) -> torch.Tensor:
 
 
 class Normalizer:
-    """Holds one NormSpec's constants on a device; call it on uint8 NHWC batches."""
+    """Holds one NormSpec's constants on a device; call it on uint8 NHWC batches, or `nchw`
+    on what a loader built with `normalize=False` yields."""
 
     def __init__(self, spec: NormSpec, device, dtype: torch.dtype):
         self.spec, self.device, self.dtype = spec, torch.device(device), dtype
@@ -62,19 +63,31 @@ class Normalizer:
             y = torch.addcmul(self.shift, x.to(torch.float32), self.scale)
         return y.to(self.dtype).permute(0, 3, 1, 2)
 
+    def nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW in channels-last memory (an unnormalized loader's batch) -> exactly
+        what the normalizing loader for this spec yields: `dtype` NCHW, channels-last, equal
+        up to the dtype's rounding. The permute is free: such a tensor's memory is NHWC."""
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise ValueError(f"Normalizer.nchw takes a uint8 NCHW batch, got {x.dtype} with shape {tuple(x.shape)}")
+        return self(x.permute(0, 2, 3, 1))
+
 
 class BatchTransform:
-    """Augmentation (optional) + normalization on the device.
+    """Augmentation (optional) + normalization (optional) on the device.
 
     Call it with a uint8 NHWC batch and, when augmenting, that batch's offsets and flips
-    (rows of `draw_augmentation` for the batch's samples, on any device)."""
+    (rows of `draw_augmentation` for the batch's samples, on any device). Out: NCHW in
+    channels-last memory, `dtype` when normalizing, else uint8 (see `Normalizer.nchw`); never
+    a view of the input (FFCV hands out buffers it rewrites a few batches later)."""
 
-    def __init__(self, spec: NormSpec, device, dtype, augment: bool):
+    def __init__(self, spec: NormSpec, device, dtype, augment: bool, normalize: bool = True):
         self.device = torch.device(device)
-        self.normalize = Normalizer(spec, self.device, resolve_dtype(dtype))
+        self.normalize = Normalizer(spec, self.device, resolve_dtype(dtype)) if normalize else None
         self.augment = augment
 
     def __call__(self, x_nhwc: torch.Tensor, offsets=None, flips=None) -> torch.Tensor:
         if self.augment:
             x_nhwc = pad_crop_flip(x_nhwc, offsets, flips)
+        if self.normalize is None:
+            return (x_nhwc if self.augment else x_nhwc.clone()).permute(0, 3, 1, 2)
         return self.normalize(x_nhwc)

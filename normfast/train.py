@@ -14,124 +14,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from normfast.config import TrainConfig
 from normfast.device import Dist, sync, use_device
 from normfast.errors import NormfastError
 from normfast.loaders import build_loader
 from normfast.manifest import load_manifest, val_split
-from normfast.models import build_model
 from normfast.normalization import resolve_norm
-from normfast.precision import AMP_DTYPES, input_dtype, resolve_amp
+from normfast.precision import input_dtype, resolve_amp
 from normfast.progress import progress_bar
 from normfast.provenance import provenance
-from normfast.recipe import compile_modes, optimizers, schedulers
+from normfast.recipe import compile_modes
 from normfast.rundir import BEST_CKPT, LAST, RunDir
+from normfast.step import LateRead, Meter, TrainStep
 from normfast.tracking import Tracker, make_tracker
-
-loss_fn = nn.CrossEntropyLoss()      # module level so tests can make it misbehave
-
-class TrainStep:
-    """Model, optimizer, schedule, precision, DDP and compilation: one training (or eval)
-    step on a batch. `bench train` times this very object against its ceiling.
-
-    Compiled steps (`--compile default|cudagraphs`) see only the batch sizes they were made
-    for (`static_batch_sizes`: the train and the test batch size), with `dynamic=False`:
-    a partial last batch (50,000 % 256 = 80) runs the same module eagerly instead of
-    recompiling for a new shape (a dynamic-shape recompile crashed the compiled backward of
-    channels-last convolutions on torch 2.11) or recording another CUDA graph. Every sample
-    is still trained once per epoch, with the same parameters and optimizer step: the
-    recipe does not change, only which kernels compute the last batch. Train and eval
-    modes get separate graphs; `cudagraph_mark_step_begin` marks each compiled call as a
-    new step, so a graph's outputs are read before the next replay overwrites them.
-    """
-
-    def __init__(self, model: str, num_classes: int, *, pretrained: str, device: torch.device, amp: str,
-                 compile: str, lr: float, epochs: int, scheduler: str, seed: int, dist: Dist | None = None,
-                 static_batch_sizes=(), optimizer: str = "adam"):
-        torch.manual_seed(seed)
-        net, self.weights = build_model(model, num_classes, pretrained)
-        self.device, self.amp = device, amp
-        self.model = net.to(device, memory_format=torch.channels_last)
-        self.opt = optimizers.get(optimizer)(self.model.parameters(), lr)
-        self.sched = schedulers.get(scheduler)(self.opt, epochs)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-        self.autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp])
-                         if amp in AMP_DTYPES else contextlib.nullcontext())
-        self.ddp = self.model
-        if dist is not None and dist.enabled:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.compiled = None
-        mode = compile_modes.get(compile)
-        self.cudagraphs = mode.cuda_graphs
-        if mode.compiled:
-            self.compiled = torch.compile(self.ddp, mode=mode.mode, dynamic=False)
-        self.static = frozenset(static_batch_sizes)
-
-    def module_for(self, batch: int) -> nn.Module:
-        """The compiled module for the batch sizes it was made for, else the eager one."""
-        return self.compiled if self.compiled is not None and batch in self.static else self.ddp
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, train: bool = True):
-        """One forward (and, when training, backward + optimizer) step; returns (loss, logits)."""
-        module = self.module_for(len(x))
-        if module is self.compiled and self.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with self.autocast:
-            out = module(x)
-            loss = loss_fn(out.float(), y)
-        if train:
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        return loss, out
-
-    def train(self, mode: bool) -> None:
-        self.ddp.train(mode)
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict() if self.sched else None,
-                "scaler": self.scaler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        if self.sched and state["scheduler"]:
-            self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-
-
-class Meter:
-    """An epoch's running totals, kept on the device (no sync per step): loss, correct
-    predictions, samples, whether every loss was finite, and seconds spent waiting on data."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.finite = torch.ones((), dtype=torch.bool, device=device)
-        self.seen, self.wait = 0, 0.0
-
-    def update(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
-        self.finite &= torch.isfinite(loss)
-        self.loss_sum += loss.detach().double() * len(y)
-        self.correct += (out.argmax(1) == y).sum()
-        self.seen += len(y)
-
-    def result(self, dist: Dist, seconds: float) -> dict:
-        """Totals over all ranks: mean loss, accuracy, images/s, fraction of time waiting."""
-        loss, correct, seen, wait = dist.sum([self.loss_sum.item(), self.correct.item(), self.seen, self.wait],
-                                             self.device)
-        return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "seconds": seconds,
-                "images_per_second": seen / seconds if seconds else 0.0,
-                "data_wait_fraction": wait / dist.world_size / seconds if seconds else 0.0}
 
 
 class Trainer:
+    """One run: `build` (the model step, then the loaders), `run_epoch`, `fit` (the epoch
+    loop, resume) and `write_epoch` (what each epoch leaves in the run directory)."""
     tracker: Tracker = Tracker()      # --log: made in fit() on rank 0, closed in close()
 
     def __init__(self, cfg: TrainConfig):
@@ -151,18 +52,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def build(self):
+        self.build_step()
+        self.build_loaders()
+
+    def build_step(self) -> None:
+        """The model step (model, optimizer, schedule, precision, DDP, compilation)."""
         cfg = self.cfg
         self.step = TrainStep(cfg.model, self.manifest.num_classes, pretrained=cfg.pretrained,
                               device=self.device, amp=self.amp, compile=cfg.compile, lr=cfg.lr,
                               epochs=cfg.epochs, scheduler=cfg.scheduler, seed=cfg.seed, dist=self.dist,
                               static_batch_sizes=(self.batch_size, self.test_batch_size), optimizer=cfg.optimizer)
         self.model, self.opt, self.sched = self.step.model, self.step.opt, self.step.sched
-        # `pretrain` normalizes with the weights' own mean/std, so the weights come before the loaders
         self.weights, self.weights_record = self.step.weights.name, self.step.weights.record()
+
+    def build_loaders(self, **loader_options) -> None:
+        """The train, test and (with --val-fraction) val loaders; `loader_options` go to
+        every `build_loader` call (e.g. normalize=False)."""
+        cfg = self.cfg
+        # `pretrain` normalizes with the weights' own mean/std, so the weights come before the loaders
         norm = resolve_norm(cfg.norm, self.manifest, cfg.stats, weights=self.step.weights)
         common = dict(backend=cfg.backend, norm=norm, device=self.device, dtype=self.in_dtype,
                       seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size,
-                      stats=cfg.stats, num_workers=cfg.num_workers)
+                      stats=cfg.stats, num_workers=cfg.num_workers,
+                      chunk_batches=cfg.chunk_batches or None) | loader_options
         held_out = val_split(self.manifest, cfg.val_fraction, cfg.seed)
         self.train_loader = build_loader(self.manifest, "train", batch_size=self.batch_size, augment=True,
                                          shuffle=True, drop_last=False,
@@ -192,7 +104,7 @@ class Trainer:
         loader = loader or (self.train_loader if train else self.test_loader)
         loader.set_epoch(epoch)
         self.step.train(train)
-        meter = Meter(self.device)
+        meter, late = Meter(self.device), LateRead(self.device)
         steps = 0
         # A last training batch of ONE sample is trained with the batch before it (BatchNorm
         # cannot normalize a single sample whose feature maps are 1x1, as at 32 px). This also
@@ -218,40 +130,61 @@ class Trainer:
                     tail = next(it, None)
                     if tail is not None:
                         x, y = torch.cat([x, tail[0]]), torch.cat([y, tail[1]])
-                try:
-                    loss, out = self.step(x, y, train)
-                except ValueError as e:
-                    if "Expected more than 1 value per channel" not in str(e):
-                        raise
-                    raise NormfastError(
-                        f"a training batch of {len(y)} sample: BatchNorm cannot train on one sample of "
-                        f"{x.shape[2]}x{x.shape[3]} px; use a --batch-size of at least 2 per rank") from None
+                loss, out = self.model_step(x, y, train)
                 if train:
                     self._debug_step(epoch, steps, y)
                 meter.update(loss, out, y)
                 steps += 1
                 if train and steps % self.cfg.log_interval == 0:
-                    self._check_finite(meter.finite, epoch, steps)
-                    if self.tracker.enabled:     # loss.item() is cheap: _check_finite has just synced
-                        self.tracker.log_step(epoch * len(loader) + steps,
-                                              {"loss": loss.item(), "lr": self.opt.param_groups[0]["lr"]})
+                    self._log_interval(late, meter, loss, epoch, steps, len(loader))
                     bar.set_postfix(img_s=f"{meter.seen / (time.perf_counter() - start):.0f}")
                 bar.update(len(y))
         self._sync()
         seconds = time.perf_counter() - start
-        self._check_finite(meter.finite & torch.isfinite(meter.loss_sum), epoch, steps,
-                           "loss" if train else "test loss")
+        self._check_finite(meter.finite(), epoch, steps, "loss" if train else "test loss")
         return meter.result(self.dist, seconds)
+
+    def model_step(self, x: torch.Tensor, y: torch.Tensor, train: bool):
+        """One step of the model on a batch: (loss, logits)."""
+        try:
+            return self.step(x, y, train)
+        except ValueError as e:
+            if "Expected more than 1 value per channel" not in str(e):
+                raise
+            raise NormfastError(
+                f"a training batch of {len(y)} sample: BatchNorm cannot train on one sample of "
+                f"{x.shape[2]}x{x.shape[3]} px; use a --batch-size of at least 2 per rank") from None
+
+    def _log_interval(self, late: LateRead, meter: Meter, loss: torch.Tensor, epoch: int, steps: int,
+                      per_epoch: int) -> None:
+        """Every --log-interval steps: the NaN check and the tracker's step row. Without DDP
+        nothing here waits for the GPU: the finite flag and the loss are read one interval
+        late (LateRead). Under DDP every rank must stop at the same step on any rank's NaN,
+        so the flag is all-reduced now (one host sync per interval)."""
+        if self.dist.enabled:
+            self._check_finite(meter.finite(), epoch, steps)
+            read = ([1.0, loss.item()], steps) if self.tracker.enabled else None
+        else:
+            read = late.poll(torch.stack([meter.finite().double(), loss.detach().double()]), steps)
+            if read is not None and read[0][0] < 1:
+                raise self._diverged(epoch, read[1], "loss")
+        if read is not None and self.tracker.enabled:
+            self.tracker.log_step(epoch * per_epoch + read[1],
+                                  {"loss": read[0][1], "lr": self.opt.param_groups[0]["lr"]})
 
     def _sync(self):
         sync(self.device)
 
     def _check_finite(self, finite: torch.Tensor, epoch: int, steps: int, what: str = "loss") -> None:
         """Stop on a NaN/inf loss; under DDP every rank learns of any rank's (no hang)."""
-        if self.dist.min(float(finite), self.device) < 1:
-            raise NormfastError(
-                f"training diverged: the {what} became NaN or infinite in epoch {epoch} (by step {steps}); "
-                f"run stopped, the last good checkpoint is kept in {self.run_dir / 'last.pt'}")
+        ok = self.dist.min(float(finite), self.device) if self.dist.enabled else bool(finite)
+        if ok < 1:
+            raise self._diverged(epoch, steps, what)
+
+    def _diverged(self, epoch: int, steps: int, what: str) -> NormfastError:
+        return NormfastError(
+            f"training diverged: the {what} became NaN or infinite in epoch {epoch} (by step {steps}); "
+            f"run stopped, the last good checkpoint is kept in {self.run_dir / 'last.pt'}")
 
     def _debug_step(self, epoch: int, step: int, y: torch.Tensor) -> None:
         """With NORMFAST_DEBUG_DDP=DIR, each rank logs its labels and a weight checksum per step
@@ -302,34 +235,31 @@ class Trainer:
                 va = self.run_epoch(epoch, train=False, loader=self.val_loader) if self.val_loader else None
                 if self.sched:
                     self.sched.step()
-                row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                       "test_loss": te["loss"], "test_acc": te["acc"],
-                       "epoch_seconds": tr["seconds"] + te["seconds"],
-                       "train_seconds": tr["seconds"], "train_images_per_second": tr["images_per_second"],
-                       "data_wait_fraction": tr["data_wait_fraction"],
-                       "test_images_per_second": te["images_per_second"]}
-                if va is not None:
-                    row |= {"val_loss": va["loss"], "val_acc": va["acc"]}
                 best, improved = select_best(best, epoch, te["acc"], va and va["acc"])
                 if self.dist.main:
-                    # order matters for a kill at any moment: a metrics row beyond last.pt is dropped
-                    # on resume; best_results.json (what "finished" is read from) comes last
-                    state = self.state(epoch, best) | {"data_identity": identity}
-                    if improved:
-                        run.save_checkpoint(state, BEST_CKPT)
-                    run.append_metrics(row)
-                    run.save_checkpoint(state, LAST)
-                    self._write_best(best, epoch + 1)
-                    self.tracker.log_epoch(epoch, (epoch + 1) * len(self.train_loader), row)
-                    if not cfg.quiet:
-                        print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
-                              f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  "
-                              f"{tr['images_per_second']:.0f} img/s  data wait {tr['data_wait_fraction']:.0%}",
-                              flush=True)
+                    self.write_epoch(run, epoch, epoch_row(epoch, lr, tr, te, va), best, improved, identity)
             if self.dist.main and start >= cfg.epochs:     # killed after its last last.pt
                 self._write_best(best, start)
             self.dist.barrier()
         return best
+
+    def write_epoch(self, run: RunDir, epoch: int, row: dict, best: dict, improved: bool, identity) -> None:
+        """What an epoch leaves in the run directory (rank 0). Order matters for a kill at
+        any moment: a metrics row beyond last.pt is dropped on resume; best_results.json
+        (what "finished" is read from) comes last."""
+        state = self.state(epoch, best) | {"data_identity": identity}
+        if improved:
+            run.save_checkpoint(state, BEST_CKPT)
+        run.append_metrics(row)
+        run.save_checkpoint(state, LAST)
+        self._write_best(best, epoch + 1)
+        self.tracker.log_epoch(epoch, (epoch + 1) * len(self.train_loader), row)
+        if not self.cfg.quiet:
+            print(f"epoch {epoch + 1}/{self.cfg.epochs}  "
+                  f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                  f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+                  f"{row['train_images_per_second']:.0f} img/s  data wait {row['data_wait_fraction']:.0%}",
+                  flush=True)
 
     def _all_ranks_agree(self, refusal: NormfastError | None) -> None:
         """Rank 0's refusal (lock held, nothing to resume, ...) stops every rank, not only rank 0."""
@@ -353,6 +283,17 @@ class Trainer:
             {"selected_by": "val" if self.cfg.val_fraction else "test"} | best
             | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
                "finished": epochs_done >= self.cfg.epochs, **self.weights_record})
+
+
+def epoch_row(epoch: int, lr: float, tr: dict, te: dict, va: dict | None) -> dict:
+    """An epoch's metrics.jsonl row from its train, test and val results."""
+    row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+           "test_loss": te["loss"], "test_acc": te["acc"], "epoch_seconds": tr["seconds"] + te["seconds"],
+           "train_seconds": tr["seconds"], "train_images_per_second": tr["images_per_second"],
+           "data_wait_fraction": tr["data_wait_fraction"], "test_images_per_second": te["images_per_second"]}
+    if va is not None:
+        row |= {"val_loss": va["loss"], "val_acc": va["acc"]}
+    return row
 
 
 def single_last_batch(loader) -> bool:
@@ -426,4 +367,4 @@ def is_finished(run_dir: Path, epochs: int | None = None) -> bool:
     return RunDir(run_dir).finished(epochs)
 
 
-__all__ = ["train", "Trainer", "is_finished"]
+__all__ = ["train", "Trainer", "TrainStep", "Meter", "is_finished"]

@@ -49,7 +49,7 @@ def test_same_batches_as_resident(synthetic):
 
 
 def test_ffcv_augment_mode(synthetic):
-    """extra ffcv_augment='ffcv': FFCV's own flip+translate (not seeded), then normalization."""
+    """ffcv_augment="ffcv": FFCV's own flip+translate (not seeded), then normalization."""
     with pytest.raises(NormfastError, match="ffcv_augment"):
         loader(synthetic, augment=True, ffcv_augment="bogus")
     images, labels = stored(synthetic)

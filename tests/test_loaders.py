@@ -17,6 +17,7 @@ from normfast.errors import NormfastError
 from normfast.loaders import build_loader, shard_bounds
 from normfast.manifest import load_manifest
 from normfast.normalization import PAD, SETTINGS, reference_augment, reference_normalize
+from normfast.ops import Normalizer
 
 BACKENDS = backend_params("dali", "ffcv", "resident", "torch")
 
@@ -66,6 +67,47 @@ def test_instance_constant_channels_give_zero(edge, augment, backend):
         ref = reference_normalize(images, ld.cfg.spec)
         assert (ref[:, 0] == 0).all() and (ref[::5] == 0).all()
         check_close(x, ref, "float32")
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_unnormalized_batches_normalize_to_the_reference(synthetic, augment, backend):
+    """normalize=False: uint8 NCHW in channels-last memory, the very pixels the normalizing
+    loader normalizes (order, crops, flips); `Normalizer.nchw` then gives what that loader
+    yields, for every setting and dtype, within the dtype's rounding of the float64 reference."""
+    images, labels = stored(synthetic)
+    kw = dict(augment=augment, shuffle=True, seed=5, batch_size=256)
+    with loader(synthetic, backend, "minmax", normalize=False, **kw) as raw:
+        x, y, batches = epoch(raw)
+        order = raw.epoch_indices(0)
+        plan = raw.plan(0)
+    for xb, yb in batches:
+        assert xb.dtype == torch.uint8 and xb.shape[1:] == (3, 32, 32)
+        assert xb.is_contiguous(memory_format=torch.channels_last)
+        assert yb.dtype == torch.int64 and len(yb) == len(xb)
+    assert np.array_equal(y.numpy(), labels[order])
+    got = x.numpy().transpose(0, 2, 3, 1)
+    if not augment:
+        want = images[order]
+    elif backend == "torch":          # torchvision draws its own crops: any pad+crop+flip of the image
+        want = reference_augment(images[order], *infer_augmentation(got, images[order]))
+    else:                             # the others: exactly the plan's crops and flips
+        want = reference_augment(images[order], plan[1], plan[2])
+    assert np.array_equal(got, want)
+    for k, setting in enumerate(SETTINGS):
+        with loader(synthetic, backend, setting, dtype=DTYPES[k % 3], **kw) as ld:
+            xs, ys, _ = epoch(ld)
+        assert torch.equal(ys, y)
+        ref = reference_normalize(want, ld.cfg.spec)
+        check_close(xs, ref, DTYPES[k % 3])                 # the normalizing loader ...
+        for dtype in DTYPES:                                # ... and the separate device step
+            out = Normalizer(ld.cfg.spec, "cpu", getattr(torch, dtype)).nchw(x)
+            assert out.dtype == getattr(torch, dtype) and out.is_contiguous(memory_format=torch.channels_last)
+            check_close(out, ref, dtype)
+            if dtype == DTYPES[k % 3] and backend in ("resident", "ffcv"):   # the very same op
+                assert torch.equal(out, xs)
 
 
 # ---------------------------------------------------------------- augmentation
@@ -252,6 +294,14 @@ def test_cuda_matches_reference(synthetic, dtype, backend):
         assert xb.dtype == getattr(torch, dtype) and xb.is_contiguous(memory_format=torch.channels_last)
         assert np.array_equal(y.cpu().numpy(), labels)
         check_close(x.cpu(), reference_normalize(images, ld.cfg.spec), dtype)
+        # unnormalized (uint8 on the GPU), normalized as a separate device step
+        x8, y8, b8 = epoch(loader(synthetic, backend, setting, device="cuda", batch_size=256, normalize=False))
+        assert b8[0][0].dtype == torch.uint8 and b8[0][0].device.type == "cuda"
+        assert b8[0][0].is_contiguous(memory_format=torch.channels_last) and torch.equal(y8, y)
+        assert np.array_equal(x8.cpu().numpy().transpose(0, 2, 3, 1), images)
+        out = Normalizer(ld.cfg.spec, x8.device, getattr(torch, dtype)).nchw(x8)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        check_close(out.cpu(), reference_normalize(images, ld.cfg.spec), dtype)
     # augmentation on the GPU: same checks as on the CPU
     x, y, _ = epoch(loader(synthetic, backend, "minmax", augment=True, device="cuda", seed=5, batch_size=200))
     out = np.rint(x.cpu().numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
@@ -433,21 +483,21 @@ def test_chunks_yield_the_same_batches(synthetic, backend_, device):
             assert three.producer_cpu_seconds > 0 and three.producer_batches > 0
 
 
-def test_chunk_batches_default_and_override():
+def test_chunk_batches_default_and_override(synthetic):
     from types import SimpleNamespace
     from normfast.loaders import chunk_batches
 
-    def cfg(device="cuda", batch_size=256, shape=(32, 32, 3), **extra):
+    def cfg(device="cuda", batch_size=256, shape=(32, 32, 3), chunk_batches=None):
         return SimpleNamespace(device=torch.device(device, 0) if device == "cuda" else torch.device(device),
-                               batch_size=batch_size, image_shape=shape, extra=extra)
+                               batch_size=batch_size, image_shape=shape, chunk_batches=chunk_batches)
     assert chunk_batches(cfg()) == 10                     # 8 MB of 32 px batches of 256
     assert chunk_batches(cfg(shape=(224, 224, 3))) == 1
     assert chunk_batches(cfg(batch_size=32)) == 16        # capped
     assert chunk_batches(cfg("cpu")) == 1
     assert chunk_batches(cfg("cpu", chunk_batches=4)) == 4
-    for bad in (0, 2.5, "4", True):
+    for bad in (0, 2.5, "4", True):          # LoaderConfig checks it
         with pytest.raises(NormfastError, match="chunk_batches"):
-            chunk_batches(cfg(chunk_batches=bad))
+            loader(synthetic, "resident", chunk_batches=bad)
 
 
 @needs("dali")

@@ -88,3 +88,18 @@ def test_batch_transform_is_augment_then_normalize(setting):
         torch.from_numpy(images), torch.from_numpy(offsets), torch.from_numpy(flips))
     ref = reference_normalize(reference_augment(images, offsets, flips), SPECS[setting])
     check_close(got, ref, "float32")
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_normalizer_nchw_takes_an_unnormalized_batch(setting):
+    """`nchw` on uint8 NCHW channels-last (what `normalize=False` loaders yield) is the
+    normalizing op on the same pixels; anything but uint8 NCHW is refused, not misread."""
+    images = _with_constant_channels(_images(np.random.default_rng(3), 5, 7, 9))
+    spec = NormSpec(setting, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)          # NCHW, channels-last memory
+    out = Normalizer(spec, "cpu", torch.float32).nchw(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == (5, 3, 7, 9)
+    check_close(out, reference_normalize(images, spec), "float32")
+    for bad in (x.float(), x[0]):
+        with pytest.raises(ValueError, match="uint8 NCHW"):
+            Normalizer(spec, "cpu", torch.float32).nchw(bad)

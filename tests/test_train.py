@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import normfast.step as step_mod
 import normfast.train as train_mod
 from converters.convert import ConvertConfig, convert
 from fixtures import cfg_for, write_imagefolder
@@ -30,7 +31,7 @@ def test_every_backbone_steps_with_every_backend(tiny, tmp_path, model):
         assert x.is_contiguous(memory_format=torch.channels_last)
         out = trainer.model(x)
         assert out.shape == (len(y), 10)
-        loss = train_mod.loss_fn(out, y)
+        loss = step_mod.loss_fn(out, y)
         trainer.opt.zero_grad()
         loss.backward()
         trainer.opt.step()
@@ -105,7 +106,7 @@ def test_resume_matches_uninterrupted(tiny, tmp_path, monkeypatch):
 
 
 def test_nan_guard_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    real = train_mod.loss_fn
+    real = step_mod.loss_fn
     calls = {"n": 0}
 
     def poisoned(out, y):
@@ -113,7 +114,7 @@ def test_nan_guard_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
         loss = real(out, y)
         return loss * float("nan") if calls["n"] > 5 else loss
 
-    monkeypatch.setattr(train_mod, "loss_fn", poisoned)
+    monkeypatch.setattr(step_mod, "loss_fn", poisoned)
     with pytest.raises(NormfastError, match="NaN or infinite in epoch 1"):
         train_mod.train(cfg_for(tiny, tmp_path, epochs=3, log_interval=1))
     run = tmp_path / "synthetic" / "resnet18-finetune-resident"
@@ -230,3 +231,83 @@ def test_a_batch_size_of_one_is_one_line(tmp_path):
                                   "--batch-size", "1", "--device", "cpu", "--pretrained", "none", "-q"])
     assert r.exit_code == 1, r.output
     assert "BatchNorm cannot train on one sample" in r.output and "Traceback" not in r.output
+
+
+def test_chunk_batches_reaches_the_loaders(tiny, tmp_path):
+    """`train --chunk-batches` / the `chunk_batches` key runs what `bench --chunk-batches`
+    measures: every loader of the run prepares that many batches at once ("auto": the
+    backend's default)."""
+    c = tmp_path / "c.yaml"
+    c.write_text("chunk_batches: 3\n")
+    assert resolve_train_config(c, data=str(tiny)).chunk_batches == 3
+    assert resolve_train_config(None, data=str(tiny), chunk_batches="auto").chunk_batches == 0
+    with pytest.raises(NormfastError, match="--chunk-batches -1: must be at least 0"):
+        resolve_train_config(None, data=str(tiny), chunk_batches="-1")
+    trainer = train_mod.Trainer(cfg_for(tiny, tmp_path, backend="dali", chunk_batches=3, batch_size=8))
+    trainer.build()
+    try:
+        assert trainer.train_loader.chunk == trainer.test_loader.chunk == 3
+    finally:
+        trainer.close()
+    r = CliRunner().invoke(main, ["train", "--data", str(tiny), "--runs", str(tmp_path / "r"), "--epochs", "1",
+                                  "--device", "cpu", "--pretrained", "none", "--backend", "dali",
+                                  "--chunk-batches", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    cfg = (tmp_path / "r" / "synthetic" / "resnet18-finetune-dali" / "config.yaml").read_text()
+    assert "chunk_batches: 2" in cfg
+
+
+def test_meter_sums_match_the_batches():
+    """The Meter's few-kernel sums (a float64 loss sum, per-position hits summed once) give
+    the plain totals, with batches of different sizes, and its finite flag follows the sum."""
+    from normfast.device import Dist
+    meter = step_mod.Meter(torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    want_loss, want_correct = 0.0, 0
+    for n in (5, 8, 3, 9):
+        out, y = torch.randn(n, 4, generator=g), torch.randint(0, 4, (n,), generator=g)
+        loss = torch.rand((), generator=g)
+        meter.update(loss, out, y)
+        want_loss += float(loss) * n
+        want_correct += int((out.argmax(1) == y).sum())
+    res = meter.result(Dist({}), 2.0)
+    assert res["loss"] == pytest.approx(want_loss / 25) and res["acc"] == pytest.approx(want_correct / 25)
+    assert res["images_per_second"] == 12.5 and bool(meter.finite())
+    meter.update(torch.tensor(float("nan")), torch.zeros(2, 4), torch.zeros(2, dtype=torch.int64))
+    assert not bool(meter.finite())
+
+
+def test_the_finite_flag_is_read_one_interval_late(monkeypatch):
+    """On CUDA, LateRead never waits for the GPU: a poll starts a non-blocking copy and hands
+    back an earlier one only once its event has passed (a fake event here)."""
+    class FakeEvent:
+        made: list = []
+
+        def __init__(self):
+            self.done = False
+            FakeEvent.made.append(self)
+
+        def record(self, stream=None):
+            pass
+
+        def query(self):
+            return self.done
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    late = step_mod.LateRead(torch.device("cpu"))
+    assert late.poll(torch.tensor([1.0, 2.0], dtype=torch.float64), 10) == ([1.0, 2.0], 10)   # CPU: at once
+    late.cuda, late.pin = True, False       # the CUDA path, on CPU tensors
+    assert late.poll(torch.tensor([1.0, 0.5], dtype=torch.float64), 10) is None
+    assert late.poll(torch.tensor([0.0, 0.4], dtype=torch.float64), 20) is None      # 10's copy not done yet
+    FakeEvent.made[0].done = True
+    assert late.poll(torch.tensor([0.0, 0.3], dtype=torch.float64), 30) == ([1.0, 0.5], 10)
+    assert len(FakeEvent.made) == 2          # 20 was never started: one copy in flight at a time
+    FakeEvent.made[1].done = True
+    assert late.poll(torch.tensor([1.0, 0.2], dtype=torch.float64), 40) == ([0.0, 0.3], 30)
+
+
+def test_dist_without_ddp_makes_no_device_tensor(monkeypatch):
+    from normfast.device import Dist
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a tensor")))
+    d = Dist({})
+    assert d.min(3, "cpu") == 3.0 and d.sum([1, 2.5], "cpu") == [1.0, 2.5]

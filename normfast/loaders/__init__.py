@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +82,20 @@ for _backend in (
     backends.register(_backend.name)(_backend)
 
 
-@dataclass
+AUGMENT_MODES = ("torch", "ffcv")   # ffcv_augment: who crops and flips in the ffcv backend
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoaderConfig:
-    """Everything a backend needs, resolved and checked once."""
+    """Everything a backend needs, resolved and checked once (`build_loader`), by keyword.
+
+    `normalize` False: batches are augmented but not normalized: uint8 NCHW in channels-last
+    memory, the very pixels (order, crops, flips) the normalizing loader would normalize;
+    `normfast.ops.Normalizer(spec, device, dtype).nchw(x)` then gives what it yields.
+    `chunk_batches`: training batches prepared at once (None: the backend's default, see
+    `chunk_batches()`); `background`: run epochs in a loader thread (None: the backend's
+    default, on CUDA); `dali_prefetch`: DALI iterations in flight (None: its PREFETCH);
+    `ffcv_augment`: "torch" (the shared seeded op) or "ffcv" (FFCV's own, unseeded)."""
     manifest: Manifest
     split: str
     batch_size: int
@@ -98,8 +109,25 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
     num_workers: int = 2
-    extra: dict = field(default_factory=dict)
     subset: np.ndarray | None = None      # stored indices this loader reads (None: all)
+    normalize: bool = True
+    chunk_batches: int | None = None
+    background: bool | None = None
+    dali_prefetch: int | None = None
+    ffcv_augment: str = "torch"
+
+    def __post_init__(self):
+        for name in ("chunk_batches", "dali_prefetch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise NormfastError(f"{name} {value!r}: must be a whole number of at least 1")
+        if self.ffcv_augment not in AUGMENT_MODES:
+            raise NormfastError(f"ffcv_augment {self.ffcv_augment!r}: valid: {', '.join(AUGMENT_MODES)}")
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """The images' dtype: `dtype` when normalizing, else uint8."""
+        return self.dtype if self.normalize else torch.uint8
 
     @property
     def data_dir(self) -> Path:
@@ -156,9 +184,12 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def build_loader(data, split: str, backend: str, batch_size: int, norm, augment: bool,
                  device=None, dtype="float32", seed: int = 0, shuffle: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 stats: str = "manifest", num_workers: int = 2, subset=None, **extra):
-    """Build a backend's loader for one split. See the module docstring for the contract.
-    `data`: a loaded Manifest (a trainer's loaders share one), or a dataset directory."""
+                 stats: str = "manifest", num_workers: int = 2, subset=None, *, normalize: bool = True,
+                 chunk_batches: int | None = None, background: bool | None = None,
+                 dali_prefetch: int | None = None, ffcv_augment: str | None = None):
+    """Build a backend's loader for one split. See the module docstring for the contract and
+    `LoaderConfig` for the keywords. `data`: a loaded Manifest (a trainer's loaders share
+    one), or a dataset directory."""
     entry = backends.get(backend)
     manifest = data if isinstance(data, Manifest) else load_manifest(data)
     data_dir = manifest.root
@@ -172,9 +203,11 @@ def build_loader(data, split: str, backend: str, batch_size: int, norm, augment:
         if len(subset) and (subset.min() < 0 or subset.max() >= count or (np.diff(subset) <= 0).any()):
             raise NormfastError(f"{data_dir}: subset of {split} must be sorted distinct indices in 0..{count - 1}")
     spec = norm if isinstance(norm, NormSpec) else resolve_norm(norm, manifest, stats)
-    cfg = LoaderConfig(manifest, split, batch_size, spec, augment,
-                       resolve_device(device), resolve_dtype(dtype), seed, shuffle, drop_last,
-                       rank, world_size, num_workers, extra, subset)
+    cfg = LoaderConfig(manifest=manifest, split=split, batch_size=batch_size, spec=spec, augment=augment,
+                       device=resolve_device(device), dtype=resolve_dtype(dtype), seed=seed, shuffle=shuffle,
+                       drop_last=drop_last, rank=rank, world_size=world_size, num_workers=num_workers,
+                       subset=subset, normalize=bool(normalize), chunk_batches=chunk_batches,
+                       background=background, dali_prefetch=dali_prefetch, ffcv_augment=ffcv_augment or "torch")
     return entry.make_loader(cfg)
 
 
@@ -194,12 +227,9 @@ def chunk_batches(cfg: LoaderConfig) -> int:
     Preparing several batches at once divides that fixed cost by their number. On CUDA a
     chunk holds about CHUNK_BYTES of uint8 input (ten 32 px batches of 256; one 224 px
     batch); on the CPU one batch (there is no launch cost to save, and small working sets
-    stay in cache). `extra["chunk_batches"]` overrides."""
-    override = cfg.extra.get("chunk_batches")
-    if override is not None:
-        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
-            raise NormfastError(f"chunk_batches {override!r}: must be a whole number of at least 1")
-        return override
+    stay in cache). `cfg.chunk_batches` overrides (checked by LoaderConfig)."""
+    if cfg.chunk_batches is not None:
+        return cfg.chunk_batches
     if cfg.device.type != "cuda":
         return 1
     batch_bytes = cfg.batch_size * int(np.prod(cfg.image_shape))
@@ -304,9 +334,8 @@ class EpochLoader:
         self.producer_cpu_seconds = 0.0   # CPU time spent producing batches, in whichever thread
         self.producer_batches = 0         # ...and the batches it produced
         self._indices = None              # (epoch, its indices): see epoch_indices
-        background = cfg.extra.get("background")
-        self.background = (cfg.device.type == "cuda" and self.BACKGROUND_ON_CUDA) if background is None \
-            else bool(background)
+        self.background = (cfg.device.type == "cuda" and self.BACKGROUND_ON_CUDA) if cfg.background is None \
+            else bool(cfg.background)
         start, stop = shard_bounds(cfg.n, cfg.rank, cfg.world_size)
         self.shard_count = stop - start
 

@@ -49,7 +49,7 @@ from normfast.loaders import EpochLoader, LoaderConfig, batch_views, chunk_batch
 from normfast.manifest import Manifest
 from normfast.shards import ShardReader
 
-PREFETCH = 2      # pipeline iterations (chunks) in flight (extra["dali_prefetch"] overrides)
+PREFETCH = 2      # pipeline iterations (chunks) in flight (LoaderConfig.dali_prefetch overrides)
 
 
 # ---------------------------------------------------------------- the samples, vectorized
@@ -238,14 +238,14 @@ class DaliLoader(EpochLoader):
         self.pipe: Pipeline | None = None
         self._current = 0          # the live epoch generator (an older one stops at once)
         self._held: deque = deque()  # CUDA: (event, DALI outputs) until the copy out of them ran
-        self.prefetch = int(cfg.extra.get("dali_prefetch") or PREFETCH)
+        self.prefetch = cfg.dali_prefetch or PREFETCH
 
     def _pipeline(self) -> Pipeline:
         if self.pipe is None:
             cfg = self.cfg
             self.pipe = build_pipeline(self.samples.encoding, cfg.image_shape, self.chunk_size,
                                        num_threads=cfg.num_workers, device_id=self.device_id,
-                                       augment=cfg.augment, norm=cfg.spec, feed=self.feed,
+                                       augment=cfg.augment, norm=cfg.spec if cfg.normalize else None, feed=self.feed,
                                        prefetch=self.prefetch)
         return self.pipe
 
@@ -291,9 +291,10 @@ class DaliLoader(EpochLoader):
         is used directly (nothing is queued)."""
         images, labels = pipe.outputs()
         x, y = _to_torch(images, self.device), _to_torch(labels, self.device).reshape(-1)
+        dtype = self.cfg.out_dtype
         if self.device_id is None:
-            return (x if x.dtype == self.cfg.dtype else x.to(self.cfg.dtype)), y
-        xt, yt = x.to(self.cfg.dtype, copy=True), y.clone()    # on self.device's current stream
+            return (x if x.dtype == dtype else x.to(dtype)), y
+        xt, yt = x.to(dtype, copy=True), y.clone()    # on self.device's current stream
         done = torch.cuda.Event()
         done.record(torch.cuda.current_stream(self.device))   # after the copies, whatever device is current
         self._held.append((done, images, labels, x, y))

@@ -20,7 +20,7 @@ same batches as `resident`, epoch e depends only on (seed, e, rank, world_size),
 reads only its share of the epoch (a slice of a permutation of the WHOLE split when
 shuffled, so the FFCV Loader spans the whole .beton; no torch.distributed needed).
 
-`extra["ffcv_augment"] == "ffcv"`: FFCV's own RandomHorizontalFlip + RandomTranslate (CPU,
+`ffcv_augment="ffcv"` (LoaderConfig): FFCV's own RandomHorizontalFlip + RandomTranslate (CPU,
 JIT, before ToTensor) do the augmentation and the torch op only normalizes. Faster on a CPU
 but NOT reproducible: FFCV draws from numba's per-thread RNG, seeded from OS entropy, so
 the same seed gives different crops/flips each run (the order is still seeded). Its numba
@@ -54,7 +54,6 @@ from normfast.augment import PAD
 from normfast.compat import keep_torch_threads
 from normfast.ops import BatchTransform
 
-AUGMENT_MODES = ("torch", "ffcv")   # extra["ffcv_augment"]; default torch (seeded)
 BATCHES_AHEAD = 3
 
 
@@ -215,19 +214,12 @@ def stop_epoch(it) -> None:
             pass
 
 
-def augment_mode(cfg: LoaderConfig) -> str:
-    mode = cfg.extra.get("ffcv_augment") or "torch"
-    if mode not in AUGMENT_MODES:
-        raise NormfastError(f"ffcv_augment {mode!r}: valid: {', '.join(AUGMENT_MODES)}")
-    return mode
-
-
 class FfcvLoader(EpochLoader):
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         self.path = cfg.manifest.beton(cfg.split)
         self.device = cfg.device          # a CUDA device always has its index (normfast.device)
-        self.augment_mode = augment_mode(cfg)
+        self.augment_mode = cfg.ffcv_augment
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
         self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
@@ -243,7 +235,7 @@ class FfcvLoader(EpochLoader):
         if self.stream is None or len(self) == 0:
             return
         torch_augment = cfg.augment and not self.ffcv_augment
-        transform = BatchTransform(cfg.spec, self.device, cfg.dtype, torch_augment)
+        transform = BatchTransform(cfg.spec, self.device, cfg.dtype, torch_augment, cfg.normalize)
         params = ()
         if torch_augment:
             _, offsets, flips = self.plan(epoch)

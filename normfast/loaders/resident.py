@@ -33,8 +33,8 @@ class ResidentLoader(EpochLoader):
             labels.append(torch.from_numpy(y).to(cfg.device))
         self.images = torch.cat(images)          # uint8 NHWC on the device
         self.labels = torch.cat(labels)
-        self.transform = BatchTransform(cfg.spec, cfg.device, cfg.dtype, cfg.augment)
-        per_image = self.images[0].numel() * cfg.dtype.itemsize if len(self.images) else 1
+        self.transform = BatchTransform(cfg.spec, cfg.device, cfg.dtype, cfg.augment, cfg.normalize)
+        per_image = self.images[0].numel() * cfg.out_dtype.itemsize if len(self.images) else 1
         chunk_bytes = CHUNK_BYTES if cfg.device.type == "cuda" else 0
         self.chunk = max(1, chunk_bytes // per_image // cfg.batch_size)     # training batches
 

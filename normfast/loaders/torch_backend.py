@@ -26,8 +26,11 @@ class InstanceNormalize:
         return instance_normalize(x, dims=(1, 2))
 
 
-def seed_transforms(spec: NormSpec, size: tuple[int, int], augment: bool) -> T.Compose:
+def seed_transforms(spec: NormSpec, size: tuple[int, int], augment: bool, normalize: bool = True) -> T.Compose:
+    """The seed's transforms; without `normalize`, the same crops and flips as uint8 CHW."""
     steps = [T.Pad(PAD, fill=0), T.RandomCrop(size), T.RandomHorizontalFlip(0.5)] if augment else []
+    if not normalize:
+        return T.Compose(steps + [T.PILToTensor()])
     steps.append(T.ToTensor())
     if spec.per_image:
         steps.append(InstanceNormalize())
@@ -64,7 +67,7 @@ class TorchLoader(EpochLoader):
         super().__init__(cfg)
         h, w, _ = cfg.image_shape
         reader = ShardReader(cfg.manifest, cfg.split)
-        self.dataset = ShardDataset(reader, seed_transforms(cfg.spec, (h, w), cfg.augment))
+        self.dataset = ShardDataset(reader, seed_transforms(cfg.spec, (h, w), cfg.augment, cfg.normalize))
 
     def iter_epoch(self, epoch: int):
         cfg = self.cfg
@@ -80,7 +83,7 @@ class TorchLoader(EpochLoader):
         non_blocking = cfg.device.type == "cuda"
         for x, y in loader:
             x = x.to(cfg.device, non_blocking=non_blocking)
-            yield (x.to(cfg.dtype).contiguous(memory_format=torch.channels_last),
+            yield (x.to(cfg.out_dtype).contiguous(memory_format=torch.channels_last),
                    y.to(cfg.device, non_blocking=non_blocking))
 
 
