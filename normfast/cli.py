@@ -122,6 +122,20 @@ class Names(click.Choice):
         pass
 
 
+class NormList(Names):
+    """`train --norm`: one setting (checked as before), or a comma list or `all`: the settings
+    trained together as one fused run (normfast.fused_train)."""
+
+    def convert(self, value, param, ctx):
+        if "," not in str(value) and value != "all":
+            return super().convert(value, param, ctx)
+        from normfast.fused_train import parse_norms
+        try:
+            return ",".join(parse_norms(str(value), prefix=""))
+        except NormfastError as e:
+            self.fail(str(e), param, ctx)
+
+
 def _all(where: str):
     """A comma list of all the registry's names, as a lazy default."""
     return lambda: ",".join(Names(where).choices)
@@ -203,8 +217,9 @@ def _train_options(f):
     opts = [
         click.option("--data", help="Converted dataset directory (from `normfast convert`)."),
         click.option("--model", type=Names("normfast.models:models"), help="Backbone (default resnet18)."),
-        click.option("--norm", type=Names("normfast.normalization:settings"),
-                     help="Normalization setting (default finetune)."),
+        click.option("--norm", type=NormList("normfast.normalization:settings"),
+                     help="Normalization setting (default finetune); a comma list or `all` trains the settings "
+                     "together as one fused model from one data stream, one run directory each."),
         click.option("--backend", type=Names("normfast.loaders:backends"), help="Loader backend (default resident)."),
         click.option("--stats", type=Names("normfast.normalization:stats_sources"),
                      help="finetune statistics: manifest (computed at conversion) "
@@ -258,6 +273,15 @@ def train(config_file, **options):
     from normfast.config import resolve_train_config
     from normfast.manifest import load_manifest
     from normfast.train import train as run
+    norms = (options.get("norm") or "").split(",")
+    if len(norms) > 1:       # several settings: one fused run (normfast.fused_train)
+        from normfast.fused_train import fused_configs, train_fused
+        cfgs = fused_configs(resolve_train_config(config_file, **(options | {"norm": norms[0]})), norms)
+        for c, best in zip(cfgs, train_fused(cfgs)):
+            if not c.quiet:
+                click.echo(f"{c.norm}: best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
+                           f"run directory {c.run_dir(load_manifest(c.data).name)}")
+        return
     cfg = resolve_train_config(config_file, **options)
     best = run(cfg)
     if not cfg.quiet:
