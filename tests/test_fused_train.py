@@ -27,7 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # float32 rounding of each other for 2 epochs (at the recipe's 1e-3 a change of summation
 # order alone, fused or not, moves epoch 2's train loss by ~3e-4: the dynamics amplify it)
 RECIPE = dict(epochs=2, batch_size=20, test_batch_size=8, lr=1e-4)
-LOSS_RTOL = 1e-5
+# resident and ffcv normalize as Normalizer does (x * scale + shift); dali ((x - m) / s in pixel
+# units) and torch (ToTensor then Normalize) round their inputs differently by an ulp, which the
+# 4 steps amplify to ~1e-4 in epoch 2's loss and the weights (measured: a separate dali run
+# differs from a separate resident run of the same pixels by 8.7e-5 in the weights, exactly as
+# the fused dali run differs from the separate dali run)
+LOSS_RTOL = {"resident": 1e-5, "ffcv": 1e-5, "dali": 1e-3, "torch": 1e-3}
 
 
 def _rows(dataset, cfg):
@@ -43,8 +48,8 @@ def _compare(tiny, tmp_path, backend, norms):
         got, want = _rows("synthetic", cfg), _rows("synthetic", sep_cfg)
         assert [r["epoch"] for r in got] == [0, 1]
         for a, b in zip(got, want):
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_RTOL), (cfg.norm, a, b)
-            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=LOSS_RTOL), (cfg.norm, a, b)
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=LOSS_RTOL[backend]), (cfg.norm, a, b)
+            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=LOSS_RTOL[backend]), (cfg.norm, a, b)
             assert a["test_acc"] == b["test_acc"] and a["train_acc"] == b["train_acc"], cfg.norm
             assert a["lr"] == b["lr"]
         assert best["best_epoch"] == sep_best["best_epoch"] and best["best_acc"] == sep_best["best_acc"]
@@ -62,7 +67,7 @@ def _compare(tiny, tmp_path, backend, norms):
         diff = sum(float((fused_ckpt["model"][k] - v).square().sum()) for k, v in sep_ckpt["model"].items()
                    if v.is_floating_point())
         norm = sum(float(v.square().sum()) for v in sep_ckpt["model"].values() if v.is_floating_point())
-        assert (diff / norm) ** 0.5 < 1e-5, (cfg.norm, (diff / norm) ** 0.5)
+        assert (diff / norm) ** 0.5 < LOSS_RTOL[backend], (cfg.norm, (diff / norm) ** 0.5)
         assert all(fused_ckpt["model"][k].shape == v.shape for k, v in sep_ckpt["model"].items())
         assert json.loads((run / "best_results.json").read_text())["finished"]
         assert not (run / NEXT).exists() and not (run / COMMIT).exists()
@@ -142,10 +147,10 @@ def test_sigkill_during_an_epoch_resumes_to_the_same_weights(tiny, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "normfast", *_train_args(tiny, killed, *args)], env=env,
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = killed / "synthetic" / "resnet18-minmax-resident" / "metrics.jsonl"
+    done = killed / "synthetic" / "resnet18-minmax-resident" / "best_results.json"   # after epoch 1's commit
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:      # into epoch 2 (10 steps an epoch)
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+        if done.is_file():
             time.sleep(0.5)
             break
         time.sleep(0.05)
