@@ -14,7 +14,9 @@
 #           train split of 1,000 images (1000 % 256 = 232: a partial last batch) and a
 #           test split of 200 with --test-batch-size 64 (a partial test batch)
 #   dense   bench train: the DenseNet121/161 eager and CUDA-graph ceilings with resident
-#           (last: the slowest compiles)
+#           (the slowest compiles)
+#   fused   bench train --norm finetune,pretrain,instance,minmax: the four settings fused
+#           against one after another, all four backbones, eager and CUDA graphs (own budget)
 # and ends with one PASS/FAIL/SKIP line per target. Results: $RESULTS.{md,json,log}
 # (default benchmarks/results/gpu-check-<gpu>), plus per-step logs beside them.
 #   bash benchmarks/gpu_check.sh                         # the whole check (< 8 min on an H100/H200)
@@ -30,7 +32,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-STEPS_ONLY=${STEPS_ONLY:-tests table train dense}
+STEPS_ONLY=${STEPS_ONLY:-tests table train dense fused}
 WORK=${WORK:-$(mktemp -d)}
 if [ "$DEVICE" = cpu ]; then
   LIMIT=${LIMIT:-1200}; STEPS=${STEPS:-2}; WARMUP=${WARMUP:-1}; REPEATS=${REPEATS:-1}
@@ -108,7 +110,27 @@ if want dense && [ -n "$DENSE" ]; then
     done
   done
 fi
-log "done in $SECONDS s (budget $BUDGET s)"
+# ---- fused settings (issue 16; owned by normfast/fused_bench.py) ------------------------------
+# bench train --norm finetune,pretrain,instance,minmax: the four settings as one fused model
+# against the same four one after another, resident, per model and compile mode. Its own time
+# budget FUSED_BUDGET (seconds, default 240) on top of BUDGET; each row gets what is left of it
+# (at least 30 s), so a slow compile costs only its own row. STEPS_ONLY without "fused" skips it.
+FUSED_BUDGET=${FUSED_BUDGET:-240}
+FUSED_MODELS=${FUSED_MODELS:-$([ "$DEVICE" = cpu ] && echo resnet18 || echo resnet18,resnet50,densenet121,densenet161)}
+if want fused; then
+  fused_start=$SECONDS
+  for m in ${FUSED_MODELS//,/ }; do
+    for c in ${COMPILES//,/ }; do
+      left=$(( FUSED_BUDGET - (SECONDS - fused_start) )); [ "$left" -lt 30 ] && left=30
+      STEP_TIMEOUT=$left run_step "fused-$m-$c" "$PY" -m normfast bench train --device "$DEVICE" --amp "$AMP" \
+        --batch-size 256 --steps "$(( STEPS < 10 ? STEPS : 10 ))" --warmup "$(( WARMUP < 3 ? WARMUP : 3 ))" \
+        --repeats "$(( REPEATS < 2 ? REPEATS : 2 ))" --num-workers "$NW" --data "$WORK/syn" --backend resident \
+        --model "$m" --compile "$c" --norm finetune,pretrain,instance,minmax --json "$RESULTS.fused-$m-$c.json"
+    done
+  done
+fi
+# ---- end of the fused block ------------------------------------------------------------------
+log "done in $SECONDS s (budget $BUDGET s${FUSED_BUDGET:+ + fused $FUSED_BUDGET s})"
 "$PY" - "$RESULTS" "$status" "$WORK/runs" <<'PYEOF'
 """Pass/fail per target, and the markdown summary."""
 import json, sys
@@ -154,6 +176,22 @@ for name, rc in sorted(status.items()):
 for name, rc in sorted(status.items()):
     if name.startswith("dense-") and rc != "0":
         lines.append(f"{'SKIP' if rc == '124' else 'FAIL'}  {name} (exit {rc}{': out of time' if rc == '124' else ''})")
+# fused settings (issue 16): aggregate img/s of the four settings fused / one after another
+fused = [r for p in sorted(Path(prefix).parent.glob(Path(prefix).name + ".fused-*.json"))
+         for r in json.loads(p.read_text())["records"]]
+def ratio(model, compile_):
+    r = [x for x in fused if (x["model"], x["compile"]) == (model, compile_)]
+    return r[0]["speedup"] if r else None
+for model, compile_, target in (("resnet18", graphs, 2.5), ("resnet50", graphs, 2.5),
+                                ("densenet121", "none", 3.0), ("densenet121", graphs, 3.0),
+                                ("densenet161", "none", 3.0), ("densenet161", graphs, 3.0)):
+    v = ratio(model, compile_)
+    name = f"fused x4 {model} {compile_}"
+    lines.append(f"SKIP  {name}: not measured" if v is None else
+                 f"{'PASS' if v >= target else 'FAIL'}  {name}: x{v:.2f} the four one after another (target >= x{target})")
+for name, rc in sorted(status.items()):
+    if name.startswith("fused-") and rc != "0":
+        lines.append(f"{'SKIP' if rc == '124' else 'FAIL'}  {name} (exit {rc}{': out of time' if rc == '124' else ''})")
 m = machine()
 head = (f"# GPU check\n\nGPU: {m['gpu']}; CPU: {m['cpu']} ({m['cpus']} cores); torch {m['torch']} (CUDA {m['cuda']}), "
         f"torchvision {m['torchvision']}, DALI {m['dali']}, FFCV {m['ffcv']}; normfast {m['normfast']} "
@@ -161,11 +199,11 @@ head = (f"# GPU check\n\nGPU: {m['gpu']}; CPU: {m['cpu']} ({m['cpus']} cores); t
         "on a batch already on the device, measured in the same process.\n\n")
 body = "## Targets\n\n```\n" + "\n".join(lines) + "\n```\n"
 for title, recs in (("Training throughput (raw shards)", table), ("DALI on JPEG shards (nvJPEG)", jpg),
-                    ("DenseNet ceilings (resident)", dense)):
+                    ("DenseNet ceilings (resident)", dense), ("Four settings fused (resident)", fused)):
     if recs:
         body += f"\n## {title}\n\n" + format_train_table(recs) + "\n"
 Path(f"{prefix}.md").write_text(head + body)
 Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "targets": lines, "table": table, "jpg": jpg,
-                                             "dense": dense, "steps": status}, indent=2) + "\n")
+                                             "dense": dense, "fused": fused, "steps": status}, indent=2) + "\n")
 print(head + body)
 PYEOF

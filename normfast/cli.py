@@ -123,8 +123,7 @@ class Names(click.Choice):
 
 
 class NormList(Names):
-    """`train --norm`: one setting (checked as before), or a comma list or `all`: the settings
-    trained together as one fused run (normfast.fused_train)."""
+    """`train --norm`: one setting as before, or a comma list or `all` (a fused run)."""
 
     def convert(self, value, param, ctx):
         if "," not in str(value) and value != "all":
@@ -217,9 +216,8 @@ def _train_options(f):
     opts = [
         click.option("--data", help="Converted dataset directory (from `normfast convert`)."),
         click.option("--model", type=Names("normfast.models:models"), help="Backbone (default resnet18)."),
-        click.option("--norm", type=NormList("normfast.normalization:settings"),
-                     help="Normalization setting (default finetune); a comma list or `all` trains the settings "
-                     "together as one fused model from one data stream, one run directory each."),
+        click.option("--norm", type=NormList("normfast.normalization:settings"), help="Normalization setting "
+                     "(default finetune); a comma list or `all`: trained together as one fused model."),
         click.option("--backend", type=Names("normfast.loaders:backends"), help="Loader backend (default resident)."),
         click.option("--stats", type=Names("normfast.normalization:stats_sources"),
                      help="finetune statistics: manifest (computed at conversion) "
@@ -273,15 +271,9 @@ def train(config_file, **options):
     from normfast.config import resolve_train_config
     from normfast.manifest import load_manifest
     from normfast.train import train as run
-    norms = (options.get("norm") or "").split(",")
-    if len(norms) > 1:       # several settings: one fused run (normfast.fused_train)
-        from normfast.fused_train import fused_configs, train_fused
-        cfgs = fused_configs(resolve_train_config(config_file, **(options | {"norm": norms[0]})), norms)
-        for c, best in zip(cfgs, train_fused(cfgs)):
-            if not c.quiet:
-                click.echo(f"{c.norm}: best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
-                           f"run directory {c.run_dir(load_manifest(c.data).name)}")
-        return
+    if "," in (options.get("norm") or ""):       # several settings: one fused run
+        from normfast.fused_train import train_command
+        return train_command(config_file, options, click.echo)
     cfg = resolve_train_config(config_file, **options)
     best = run(cfg)
     if not cfg.quiet:
@@ -370,7 +362,8 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
 @click.option("--model", default="resnet18", show_default=True, help="Comma-separated models.")
 @click.option("--compile", "compiles", default="none", show_default=True,
               help="Comma-separated compile modes (see `normfast train --help`).")
-@click.option("--norm", default="finetune", show_default=True)
+@click.option("--norm", default="finetune", show_default=True,
+              help="A setting, or a comma list / all: the fused step against the settings one after another.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
 @click.option("--amp", default="auto", show_default=True, type=Names(AMP), help="Mixed precision.")
 @click.option("--batch-size", default=256, show_default=True)

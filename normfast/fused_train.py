@@ -323,6 +323,17 @@ def recover(runs: list[RunDir]) -> None:
         (r.path / COMMIT).unlink(missing_ok=True)
 
 
+def train_command(config_file, options: dict, echo) -> None:
+    """`normfast train --norm a,b,...`: the CLI's options -> train_fused, one result line each."""
+    from normfast.config import resolve_train_config
+    norms = options["norm"].split(",")
+    cfgs = fused_configs(resolve_train_config(config_file, **(options | {"norm": norms[0]})), norms)
+    for c, best in zip(cfgs, train_fused(cfgs)):
+        if not c.quiet:
+            echo(f"{c.norm}: best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
+                 f"run directory {c.run_dir(load_manifest(c.data).name)}")
+
+
 def train_fused(cfgs: list[TrainConfig]) -> list[dict]:
     """Train configs differing only in norm (and run name) as one fused run; returns each one's
     best (as `train` does). A setting whose run already finished is left out with a note (its

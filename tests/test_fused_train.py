@@ -208,3 +208,20 @@ def test_a_kill_during_the_commit_leaves_all_settings_at_one_epoch(tmp_path):
         epochs = {torch.load(r.last_checkpoint, weights_only=False)["epoch"] for r in runs}
         assert len(epochs) == 1, (stop_after, epochs)
         assert not any((r.path / NEXT).exists() or (r.path / COMMIT).exists() for r in runs)
+
+
+def test_bench_train_fused_json(tiny, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(main, ["bench", "train", "--data", str(tiny), "--device", "cpu", "--backend", "resident",
+                                  "--model", "resnet18", "--norm", "finetune,instance", "--batch-size", "8",
+                                  "--steps", "1", "--warmup", "0", "--repeats", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rec, = json.loads(out.read_text())["records"]
+    assert rec["fused"] and rec["norms"] == ["finetune", "instance"] and rec["settings"] == 2
+    assert [p["norm"] for p in rec["per_setting"]] == ["finetune", "instance"]
+    each = [p["images_per_second"] for p in rec["per_setting"]]
+    assert rec["sequential_images_per_second"] == pytest.approx(2 / sum(1 / v for v in each))
+    assert rec["speedup"] == pytest.approx(rec["fused_images_per_second"] / rec["sequential_images_per_second"])
+    assert "| resnet18 | none | resident | cpu | off | 2 |" in r.output
+    r = CliRunner().invoke(main, ["bench", "train", "--data", str(tiny), "--device", "cpu", "--norm", "finetune,"])
+    assert r.exit_code == 1 and "an empty item" in r.output and r.output.strip().count("\n") == 0, r.output
