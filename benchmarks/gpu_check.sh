@@ -117,13 +117,14 @@ fi
 # (at least 30 s), so a slow compile costs only its own row. STEPS_ONLY without "fused" skips it.
 FUSED_BUDGET=${FUSED_BUDGET:-240}
 FUSED_MODELS=${FUSED_MODELS:-$([ "$DEVICE" = cpu ] && echo resnet18 || echo resnet18,resnet50,densenet121,densenet161)}
+FUSED_BATCH=${FUSED_BATCH:-$([ "$DEVICE" = cpu ] && echo 16 || echo 256)}   # per setting; 4 x 256 on a CPU takes minutes
 if want fused; then
   fused_start=$SECONDS
   for m in ${FUSED_MODELS//,/ }; do
     for c in ${COMPILES//,/ }; do
       left=$(( FUSED_BUDGET - (SECONDS - fused_start) )); [ "$left" -lt 30 ] && left=30
       STEP_TIMEOUT=$left run_step "fused-$m-$c" "$PY" -m normfast bench train --device "$DEVICE" --amp "$AMP" \
-        --batch-size 256 --steps "$(( STEPS < 10 ? STEPS : 10 ))" --warmup "$(( WARMUP < 3 ? WARMUP : 3 ))" \
+        --batch-size "$FUSED_BATCH" --steps "$(( STEPS < 10 ? STEPS : 10 ))" --warmup "$(( WARMUP < 3 ? WARMUP : 3 ))" \
         --repeats "$(( REPEATS < 2 ? REPEATS : 2 ))" --num-workers "$NW" --data "$WORK/syn" --backend resident \
         --model "$m" --compile "$c" --norm finetune,pretrain,instance,minmax --json "$RESULTS.fused-$m-$c.json"
     done
