@@ -7,6 +7,9 @@
 #   3. (information, no target) the CPU time per batch of the thread that produces dali's
 #      and ffcv's batches (on a GPU: the time taken from the training step), one batch per
 #      chunk against CHUNK (default 10: the CUDA default for 32 px batches of 256)
+#   4. (information, no target) in the loader thread (as on CUDA), with CHUNK batches per
+#      chunk: queue hand-overs to the training thread (GIL wake-ups) per batch, and the
+#      producer CPU per batch (benchmarks/handover_proxy.py)
 # LIMIT (default 50000) synthetic 32 px images, batch 256, finetune, float32, EPOCHS timed
 # epochs after a warm-up epoch. Every measurement is repeated REPEATS times (default 3),
 # the rounds interleaved, and each ratio is taken between medians (one round on this
@@ -27,6 +30,8 @@ for i in $(seq "$REPEATS"); do
   bench --backend dali,ffcv,resident --json "$WORK/after-1.$i.json"
   bench --backend resident,ffcv,dali --json "$WORK/after-2.$i.json"
   bench --backend dali,ffcv --chunk-batches "1,${CHUNK:-10}" --json "$WORK/chunks.$i.json"
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" benchmarks/handover_proxy.py --data "$WORK/syn" --chunk "${CHUNK:-10}" --epochs "$EPOCHS" \
+    --json "$WORK/handover.$i.json"
 done
 "$PY" - "$WORK" "$R" "$REPEATS" <<'PYEOF'
 import json, statistics, sys
@@ -71,6 +76,12 @@ for b in ("dali", "ffcv"):
                  f"{big['producer_cpu_ms_per_batch'] / one['producer_cpu_ms_per_batch']:.0%} "
                  f"({big['producer_cpu_ms_per_batch']:.3f} vs {one['producer_cpu_ms_per_batch']:.3f} ms; "
                  f"{big['images_per_second']:,.0f} vs {one['images_per_second']:,.0f} img/s)")
+hand = [json.loads((work / f"handover.{i}.json").read_text())["records"] for i in range(1, repeats + 1)]
+for k, rec in enumerate(hand[0]):
+    per = statistics.median(r[k]["handovers_per_batch"] for r in hand)
+    cpu = statistics.median(r[k]["producer_cpu_ms_per_batch"] for r in hand)
+    lines.append(f"INFO  {rec['backend']} in the loader thread, {rec['chunk_batches']} batches per chunk: "
+                 f"{per:.3f} hand-overs per batch, producer {cpu:.3f} CPU ms per batch")
 m = machine()
 text = (f"# CPU proxies of the GPU targets\n\n{m['cpu']} ({m['cpus']} cores), torch {m['torch']}, DALI {m['dali']}, "
         f"FFCV {m['ffcv']}, normfast commit {m['commit']} (source {m['source']}).\n`bash benchmarks/cpu_proxies.sh`: synthetic 32 px "
@@ -79,6 +90,6 @@ text = (f"# CPU proxies of the GPU targets\n\n{m['cpu']} ({m['cpus']} cores), to
 Path(f"{prefix}.md").write_text(text)
 Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "verdicts": lines, "order": rate, "alone": alone,
                                               "after": {k: load(k) for k in ("after-1", "after-2")},
-                                              "chunks": chunks}, indent=2) + "\n")
+                                              "chunks": chunks, "handover": hand}, indent=2) + "\n")
 print(text)
 PYEOF

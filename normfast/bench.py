@@ -56,18 +56,20 @@ def _chunk_variants(backend: str, chunks: list[int | None]) -> list[int | None]:
     return chunks if backends.get(backend).chunked else [None]
 
 
-def _producer_mark(loader) -> tuple[float, int]:
-    return loader.producer_cpu_seconds, loader.producer_batches
+def _producer_mark(loader) -> tuple[float, int, int]:
+    return loader.producer_cpu_seconds, loader.producer_batches, loader.producer_chunks
 
 
-def _loader_facts(loader, mark: tuple[float, int]) -> dict:
+def _loader_facts(loader, mark: tuple[float, int, int]) -> dict:
     """What a benchmark records of the loader itself: the training batches it prepares at
-    once (None: one at a time) and its producer thread's CPU milliseconds per batch since
-    `mark` (over the batches the producer made, which may run ahead of those consumed)."""
-    cpu0, batches0 = mark
+    once (None: one at a time), its producer thread's CPU milliseconds per batch since
+    `mark` (over the batches the producer made, which may run ahead of those consumed), and
+    the hand-overs from its loader thread per batch (one per chunk; 0 without the thread)."""
+    cpu0, batches0, chunks0 = mark
     made = loader.producer_batches - batches0
     return {"chunk_batches": loader.chunk,
-            "producer_cpu_ms_per_batch": (loader.producer_cpu_seconds - cpu0) / max(1, made) * 1000}
+            "producer_cpu_ms_per_batch": (loader.producer_cpu_seconds - cpu0) / max(1, made) * 1000,
+            "handovers_per_batch": (loader.producer_chunks - chunks0) / max(1, made) if loader.background else 0.0}
 
 
 def bench_loaders(data_dir, backends_: str, norms: str, device=None, dtype: str = "float32",

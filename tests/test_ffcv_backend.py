@@ -131,3 +131,65 @@ def test_cuda_same_as_resident_and_ffcv_augment(synthetic):
     xa, _, _ = epoch(loader(synthetic, "minmax", augment=True, device="cuda", batch_size=200,
                             ffcv_augment="ffcv"))
     check_offsets_and_flips(*infer_augmentation(to_u8(xa), images))
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_dying_ffcv_thread_is_one_error_line_within_seconds(synthetic, monkeypatch, background):
+    """An exception in FFCV's own epoch thread (a CUDA OOM in ToDevice, a numba error) used to
+    leave the loader, and the training loop, waiting forever on FFCV's queue: now the wait
+    checks the thread and raises one NormfastError naming the cause; the next epoch runs."""
+    import threading
+    import time
+    from ffcv.loader.epoch_iterator import EpochIterator
+    ld = loader(synthetic, batch_size=64, background=background)     # 600 images: 10 chunks of one batch
+    epoch(ld)
+    real = EpochIterator.run_pipeline
+
+    def dies(self, b_ix, *args):
+        if b_ix == 2:
+            raise MemoryError("CUDA out of memory (a test)")
+        return real(self, b_ix, *args)
+    monkeypatch.setattr(EpochIterator, "run_pipeline", dies)
+    outcome = []
+
+    def consume():
+        try:
+            epoch(ld)
+            outcome.append("no error")
+        except Exception as e:  # noqa: BLE001 - inspected below
+            outcome.append(e)
+    t0 = time.monotonic()
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert outcome, "the loader hung on FFCV's dead thread"
+    assert time.monotonic() - t0 < 5
+    assert isinstance(outcome[0], NormfastError), outcome
+    assert "FFCV's loader thread stopped" in str(outcome[0]) and "MemoryError: CUDA out of memory" in str(outcome[0])
+    assert "\n" not in str(outcome[0])
+    monkeypatch.undo()
+    x, y, _ = epoch(ld)
+    assert len(y) == 600
+    ld.close()
+
+
+def test_ffcv_allocates_its_epoch_buffers_once(synthetic, monkeypatch):
+    """FFCV allocates an epoch's pinned and device buffers (5 chunks' worth) every epoch; the
+    stream keeps them for its next epoch, and only an epoch overlapping another gets fresh ones."""
+    import ffcv.pipeline.graph as graph_mod
+    made = []
+    real = graph_mod.allocate_query
+    monkeypatch.setattr(graph_mod, "allocate_query", lambda *a: made.append(1) or real(*a))
+    with loader(synthetic, batch_size=60) as ld:
+        epoch(ld)
+        first = len(made)
+        assert first > 0
+        for _ in range(3):
+            epoch(ld)
+        assert len(made) == first
+        a, b = iter(ld), iter(ld)             # two epochs of one stream at once: separate buffers
+        next(a), next(b)
+        assert len(made) == 2 * first
+        a.close(), b.close()
+        x, y, _ = epoch(ld)
+        assert len(made) == 2 * first and len(y) == 600

@@ -1,14 +1,14 @@
 """The `dali` backend: NVIDIA DALI decodes, augments and normalizes the webdataset shards.
 
 One DALI pipeline per loader, for the whole run, fed by an `external_source` callback.
-Each call hands DALI one chunk of `chunk_batches(cfg)` training batches (one batch on the
-CPU, about 8 MB of input on CUDA; an epoch's last chunk holds what is left), in the
-contract's order (`EpochLoader.plan`): the images of the chunk's samples, their labels,
-and their crop anchors and flips (the draws every backend shares). The loader yields each
-chunk's batches as views, so DALI's fixed cost per iteration (scheduling, the callback,
-hand-over to torch) is paid once per chunk. The callback runs on the loader's thread each
-time an iteration is scheduled, so its cost is one vectorized gather per shard and chunk,
-never a Python loop per sample for raw shards:
+Each call hands DALI one planned chunk (`EpochLoader.chunks`: `chunk` training batches,
+one batch on the CPU, about 8 MB of input on CUDA; an epoch's last chunk holds what is
+left), in the contract's order: the images of the chunk's samples, their labels, and their
+crop anchors and flips (the draws every backend shares). EpochLoader yields each chunk's
+batches as views, so DALI's fixed cost per iteration (scheduling, the callback, hand-over
+to torch, and in the loader thread one queue hand-over) is paid once per chunk. The
+callback runs on the loader's thread each time an iteration is scheduled, so its cost is
+one vectorized gather per shard and chunk, never a Python loop per sample for raw shards:
 
   raw:     a strided NumPy view (samples, H*W*C) of each memory-mapped tar (fixed-size
            members sit at a constant stride) and one fancy index per shard and batch;
@@ -45,7 +45,8 @@ from nvidia.dali import Pipeline, fn, types
 
 from normfast.augment import PAD
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, batch_views, chunk_batches
+from normfast.loaders.config import LoaderConfig
+from normfast.loaders.epoch import EpochLoader
 from normfast.manifest import Manifest
 from normfast.shards import ShardReader
 
@@ -129,18 +130,14 @@ class Feed:
         self.stream = self._batches(epoch)
 
     def _batches(self, first: int):
-        loader, size = self.loader, self.loader.chunk_size
+        loader = self.loader
         samples, augment = loader.samples, loader.cfg.augment
         for epoch in count(first):
-            order, offsets, flips = loader.plan(epoch)
-            labels = samples.labels[order]
-            if augment:
-                anchors, flips = offsets - PAD, flips.astype(np.int32)
-            for c, s in enumerate(range(0, len(order), size)):
-                out = [samples.images(order[s:s + size]), labels[s:s + size]]
+            for chunk in loader.chunks(epoch):
+                out = [samples.images(chunk.indices), samples.labels[chunk.indices]]
                 if augment:
-                    out += [anchors[s:s + size], flips[s:s + size]]
-                yield (epoch, c), out
+                    out += [chunk.offsets - PAD, chunk.flips.astype(np.int32)]
+                yield (epoch, chunk.index), out
 
     def __call__(self):
         tag, batch = next(self.stream)
@@ -233,7 +230,6 @@ class DaliLoader(EpochLoader):
                                 f"manifest.json says {cfg.count}")
         self.device = cfg.device
         self.device_id = cfg.device.index if cfg.device.type == "cuda" else None
-        self.chunk = chunk_batches(cfg)              # training batches per DALI iteration
         self.feed = Feed(self)
         self.pipe: Pipeline | None = None
         self._current = 0          # the live epoch generator (an older one stops at once)
@@ -261,7 +257,8 @@ class DaliLoader(EpochLoader):
         while len(feed.in_flight) < self.prefetch:   # DALI's first call already fills its queue
             pipe.schedule_run()
 
-    def iter_epoch(self, epoch: int):
+    def iter_chunks(self, epoch: int):
+        """One (x, y) per DALI iteration: a planned chunk, images NCHW (channels-last)."""
         n = -(-len(self) // self.chunk)     # chunks this epoch
         if n == 0:
             return
@@ -277,7 +274,7 @@ class DaliLoader(EpochLoader):
             assert tag == (epoch, c), f"DALI chunk {tag} where {(epoch, c)} was expected"
             x, y = self._outputs(pipe)
             feed.in_flight.popleft()
-            yield from batch_views(x.permute(0, 3, 1, 2), y, self.cfg.batch_size)
+            yield x.permute(0, 3, 1, 2), y
 
     def _outputs(self, pipe: Pipeline) -> tuple[torch.Tensor, torch.Tensor]:
         """The next chunk as torch tensors in the loader's dtype (images NHWC, labels (N,)).

@@ -10,9 +10,15 @@ ffcv issue #396):
 then `BatchTransform(spec, device, dtype, augment)` with the epoch's crop offsets and flips
 from `EpochLoader.plan` (the same draws the `resident` and `dali` backends use): zero-pad
 PAD, crop at offsets 0..2*PAD, flip with p=0.5, normalize -> NCHW channels-last in `dtype`.
-FFCV's batches are chunks of `chunk_batches(cfg)` training batches (one on the CPU, about
+FFCV's batches are the planned chunks (`EpochLoader.chunks`: one batch on the CPU, about
 8 MB of input on CUDA), transformed in one pass and yielded as views: the op's dozen
 launches and FFCV's hand-over are paid once per chunk, not per training batch.
+
+Safety on CUDA: FFCV's own __next__ waits forever when its thread dies (`next_batch`
+polls and checks the thread instead: one error line); its uploads are blocking in its own
+thread (a pinned slot is rewritten 5 chunks later with no wait for its upload); its epoch
+buffers are allocated once per stream instead of every epoch, so an epoch starts with the
+consumer's stream synchronized and ends with FFCV's side streams synchronized.
 
 Order: FFCV's traversal order is replaced by the contract's `epoch_order` (the same
 permutation the `resident` backend uses), so with the same seed this backend yields the
@@ -49,12 +55,15 @@ import numpy as np
 import torch
 
 from normfast.errors import NormfastError
-from normfast.loaders import EpochLoader, LoaderConfig, batch_views, chunk_batches, epoch_order, to_device
+from normfast.loaders import order as orders
+from normfast.loaders.config import LoaderConfig
+from normfast.loaders.epoch import EpochLoader, to_device
 from normfast.augment import PAD
 from normfast.compat import keep_torch_threads
 from normfast.ops import BatchTransform
 
 BATCHES_AHEAD = 3
+POLL_SECONDS = 0.1   # how often a wait for FFCV's next batch checks that FFCV's thread still lives
 
 
 def _ffcv():
@@ -63,7 +72,55 @@ def _ffcv():
         from ffcv import transforms
         from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
+        from ffcv.loader.epoch_iterator import EpochIterator
+    _record_thread_errors(EpochIterator)
     return Loader, OrderOption, SimpleRGBImageDecoder, IntDecoder, transforms
+
+
+def _record_thread_errors(cls) -> None:
+    """Make FFCV's epoch thread keep the exception that ends it (a CUDA OOM in ToDevice, a
+    numba error) as `normfast_error`, for `next_batch` to report, instead of dying silently
+    while the training loop waits for a batch that never comes (FFCV's own __next__)."""
+    if getattr(cls, "_normfast_records_errors", False):
+        return
+    run = cls.run
+
+    def run_recording(self):
+        try:
+            run(self)
+        except BaseException as e:  # noqa: BLE001 - reported by next_batch in the consumer
+            self.normfast_error = e
+    cls.run, cls._normfast_records_errors = run_recording, True
+
+
+def next_batch(it, path, poll: float = POLL_SECONDS):
+    """The next (images, labels) of FFCV's epoch iterator `it`, or None at the epoch's end:
+    FFCV's __next__, but waiting in `poll`-second steps and checking that FFCV's thread is
+    alive, so a thread that died is one error line within a second, not a hang."""
+    while True:
+        try:
+            item = it.output_queue.get(timeout=poll)
+            break
+        except queue.Empty:
+            if it.is_alive():
+                continue
+            try:                       # it may have put its last item just before ending
+                item = it.output_queue.get_nowait()
+                break
+            except queue.Empty:
+                error = getattr(it, "normfast_error", None)
+                cause = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}" \
+                    if error is not None else "no error recorded"
+                raise NormfastError(f"{path}: FFCV's loader thread stopped in the middle of an epoch "
+                                    f"({cause})") from None
+    if item is None:
+        it.close()
+        return None
+    slot, result = item
+    stream = it.cuda_streams[slot]
+    if stream is not None:                 # the slot's upload before anything reads it
+        it.current_stream.wait_stream(stream)
+    return result
 
 
 def max_workers() -> int:
@@ -89,7 +146,7 @@ class ContractOrder:
         if self.loader is not None:
             order = self.loader.epoch_indices(epoch)
         else:
-            order = epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
+            order = orders.epoch_order(self.n, self.seed, epoch, self.shuffle, self.rank, self.world_size)
         return order.astype(np.uint64)   # FFCV's own index dtype
 
 
@@ -108,15 +165,18 @@ class FfcvStream:
                  ffcv_augment: bool = False, device=torch.device("cpu"), num_workers: int = 2,
                  expected_count: int | None = None):
         Loader, OrderOption, SimpleRGBImageDecoder, IntDecoder, T = _ffcv()
-        self.device = torch.device(device)
+        self.device, self.path = torch.device(device), path
         image = [SimpleRGBImageDecoder()]
         if ffcv_augment:
             image += [T.RandomHorizontalFlip(0.5), T.RandomTranslate(padding=PAD, fill=(0, 0, 0))]
         image += [T.ToTensor()]
         label = [IntDecoder(), T.ToTensor()]
         if self.device.type == "cuda":   # on the CPU ToDevice would only add a copy
-            image += [T.ToDevice(self.device, non_blocking=True)]
-            label += [T.ToDevice(self.device, non_blocking=True)]
+            # Blocking (for FFCV's thread, on its slot's side stream; the GIL is released):
+            # FFCV rewrites a pinned slot 5 chunks later without waiting for that slot's
+            # upload, so a non-blocking upload could still be reading it.
+            image += [T.ToDevice(self.device, non_blocking=False)]
+            label += [T.ToDevice(self.device, non_blocking=False)]
         label += [T.Squeeze()]
         with keep_torch_threads():
             try:
@@ -136,6 +196,21 @@ class FfcvStream:
             raise NormfastError(f"{path}: holds {self.count} samples, manifest.json says {expected_count}")
         self.lock = threading.Lock()
         self.users = 0      # loaders holding this stream (see get_stream / release_stream)
+        self.running = 0    # epochs of this stream now running
+        self._memory = None  # the epoch buffers FFCV allocates, kept for the next epoch
+        allocate = self.loader.graph.allocate_memory
+
+        def allocate_once(batch_size, slots):
+            """FFCV allocates every epoch's pinned and device buffers anew (5 x chunk images of
+            pinned memory: about 30 ms on the CPU proxy, against ~215 ms epochs); here once
+            per stream, and fresh only for an epoch that overlaps another."""
+            if self.running > 1 or self._memory is None or self._memory[0] != (batch_size, slots):
+                memory = allocate(batch_size, slots)
+                if self.running > 1:
+                    return memory
+                self._memory = ((batch_size, slots), memory)
+            return self._memory[1]
+        self.loader.graph.allocate_memory = allocate_once
 
     def __len__(self) -> int:
         """Batches of an epoch over the whole split (a rank's share has fewer: EpochLoader)."""
@@ -144,20 +219,36 @@ class FfcvStream:
     def epoch(self, epoch: int, order: ContractOrder):
         if order.n != self.count:
             raise ValueError(f"order is over {order.n} samples, this stream holds {self.count}")
-        device_ctx = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        cuda = self.device.type == "cuda"
+        device_ctx = torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
         with self.lock, keep_torch_threads(), device_ctx:
+            self.running += 1
+            if cuda:
+                # the buffers are reused from the last epoch: what the consumer queued on
+                # them must have run before FFCV's side streams write them again
+                torch.cuda.current_stream(self.device).synchronize()
             self.loader.traversal_order = order   # FFCV asks it for epoch `next_epoch`'s order
             self.loader.next_epoch = epoch
-            it = iter(self.loader)
+            try:
+                it = iter(self.loader)
+            except BaseException:
+                self.running -= 1
+                raise
         finished = False
         try:
-            for images, labels in it:
+            while (batch := next_batch(it, self.path)) is not None:
+                images, labels = batch
                 # labels are copied (tiny); Squeeze makes a batch of one a 0-d tensor
                 yield images, labels.reshape(-1).clone()
             finished = True
         finally:
             if not finished:
                 stop_epoch(it)
+            if cuda:              # no upload of this epoch still running when the buffers are reused
+                for s in it.cuda_streams:
+                    s.synchronize()
+            with self.lock:
+                self.running -= 1
 
 
 _STREAMS: OrderedDict = OrderedDict()   # key -> FfcvStream, least recently used first
@@ -221,33 +312,30 @@ class FfcvLoader(EpochLoader):
         self.device = cfg.device          # a CUDA device always has its index (normfast.device)
         self.augment_mode = cfg.ffcv_augment
         self.ffcv_augment = cfg.augment and self.augment_mode == "ffcv"
+        self.torch_augment = cfg.augment and not self.ffcv_augment
         self.order = ContractOrder(cfg.count, cfg.seed, cfg.shuffle, cfg.rank, cfg.world_size, loader=self)
         self.stream = None
-        self.chunk = chunk_batches(cfg)
+        # built once (its constants' upload is a blocking copy); epochs sync explicitly
+        self.transform = BatchTransform(cfg.spec, self.device, cfg.dtype, self.torch_augment, cfg.normalize)
         if self.shard_count > 0:
             # drop_last is already in the order (epoch_indices): FFCV must not drop a chunk's rest
             self.stream = get_stream(self.path, self.chunk_size, drop_last=False,
                                      ffcv_augment=self.ffcv_augment, device=self.device,
                                      num_workers=cfg.num_workers, expected_count=cfg.count)
 
-    def iter_epoch(self, epoch: int):
-        cfg = self.cfg
+    def iter_chunks(self, epoch: int):
+        """FFCV's chunks of `epoch` (its order is `epoch_indices`, so chunk k of FFCV's is
+        planned chunk k), each through the shared op with that chunk's crops and flips."""
         if self.stream is None or len(self) == 0:
             return
-        torch_augment = cfg.augment and not self.ffcv_augment
-        transform = BatchTransform(cfg.spec, self.device, cfg.dtype, torch_augment, cfg.normalize)
-        params = ()
-        if torch_augment:
-            _, offsets, flips = self.plan(epoch)
-            offsets, flips = to_device(offsets, self.device), to_device(flips, self.device)
-        pos = 0
+        dev = self.device
         chunks = self.stream.epoch(epoch, self.order)
+        plans = self.chunks(epoch)
         try:
-            for images, labels in chunks:
-                if torch_augment:
-                    params = (offsets[pos:pos + len(labels)], flips[pos:pos + len(labels)])
-                pos += len(labels)
-                yield from batch_views(transform(images, *params), labels, cfg.batch_size)
+            for (images, labels), plan in zip(chunks, plans):    # FFCV's first: its end ends the epoch
+                assert len(labels) == len(plan), f"FFCV chunk of {len(labels)} where {len(plan)} were planned"
+                params = (to_device(plan.offsets, dev), to_device(plan.flips, dev)) if self.torch_augment else ()
+                yield self.transform(images, *params), labels
         finally:
             chunks.close()        # an epoch broken off stops FFCV's thread now, not at GC
 
@@ -256,6 +344,7 @@ class FfcvLoader(EpochLoader):
         if self.stream is not None:
             release_stream(self.stream)
             self.stream = None
+        self.transform = None
 
 
 def make_loader(cfg: LoaderConfig) -> FfcvLoader:

@@ -13,7 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from normfast.loaders import EpochLoader, LoaderConfig, epoch_seed
+from normfast.loaders.config import LoaderConfig
+from normfast.loaders.epoch import EpochLoader
+from normfast.loaders.order import epoch_seed
 from normfast.normalization import PAD, NormSpec
 from normfast.ops import instance_normalize
 from normfast.shards import ShardReader
@@ -63,13 +65,15 @@ class FixedOrder(Sampler):
 
 
 class TorchLoader(EpochLoader):
+    CHUNK_BYTES = None      # the DataLoader's batches are its chunks
+
     def __init__(self, cfg: LoaderConfig):
         super().__init__(cfg)
         h, w, _ = cfg.image_shape
         reader = ShardReader(cfg.manifest, cfg.split)
         self.dataset = ShardDataset(reader, seed_transforms(cfg.spec, (h, w), cfg.augment, cfg.normalize))
 
-    def iter_epoch(self, epoch: int):
+    def iter_chunks(self, epoch: int):
         cfg = self.cfg
         order = self.epoch_indices(epoch)
         gen = torch.Generator()
