@@ -26,6 +26,11 @@
 #   tests    the CUDA tests (pytest -k "cuda or gpu")
 #   dense    bench train: DenseNet121/161 ceilings with resident, one step per model and
 #            compile mode, with what is left (the slowest compiles: last)
+#   fused    (not in the default STEPS_ONLY: a device call of its own, STEPS_ONLY=fused)
+#            bench train --norm finetune,pretrain,instance,minmax: the four settings as one
+#            fused model against the same four one after another, resident, per FUSED_ROWS
+#            entry (model:compile; all four backbones, CUDA graphs and eager), each row its own
+#            step within min(CAP_FUSED, what is left)
 # and ends with one PASS/FAIL/SKIP line per target.
 #
 # Results: $RESULTS.{md,json} and per-step logs $RESULTS.<step>.log. RESULTS defaults to a
@@ -167,6 +172,17 @@ for name, rc in sorted(status.items()):
 for name, rc in sorted(status.items()):
     if (name.startswith("dense-") or name in ("convert", "table", "jpg")) and rc != "0":
         lines.append(f"{'SKIP' if rc == '124' else 'FAIL'}  step {name} (exit {rc}{': out of time' if rc == '124' else ''})")
+# fused settings (issue 16): aggregate img/s of the four settings fused / one after another
+fused = [r for p in sorted(Path(prefix).parent.glob(Path(prefix).name + ".fused-*.json"))
+         for r in json.loads(p.read_text())["records"]]
+for model, compile_, target in (("resnet18", graphs, 2.5), ("resnet50", graphs, 2.5),
+                                ("densenet121", "none", 3.0), ("densenet121", graphs, 3.0),
+                                ("densenet161", "none", 3.0), ("densenet161", graphs, 3.0)):
+    r = [x for x in fused if (x["model"], x["compile"]) == (model, compile_)]
+    name = f"fused x4 {model} {compile_}"
+    lines.append(f"SKIP  {name}: not measured ({why(f'fused-{model}-{compile_}')})" if not r else
+                 f"{'PASS' if r[0]['speedup'] >= target else 'FAIL'}  {name}: x{r[0]['speedup']:.2f} the four "
+                 f"one after another (target >= x{target})")
 m = machine()
 head = (f"# GPU check\n\nGPU: {m['gpu']}; CPU: {m['cpu']} ({m['cpus']} cores); torch {m['torch']} (CUDA {m['cuda']}), "
         f"torchvision {m['torchvision']}, DALI {m['dali']}, FFCV {m['ffcv']}; normfast {m['normfast']} "
@@ -174,12 +190,12 @@ head = (f"# GPU check\n\nGPU: {m['gpu']}; CPU: {m['cpu']} ({m['cpus']} cores); t
         "on a batch already on the device, measured in the same process.\n\n")
 body = "## Targets\n\n```\n" + "\n".join(lines) + "\n```\n"
 for title, recs in (("Training throughput (raw shards)", table), ("DALI on JPEG shards (nvJPEG)", jpg),
-                    ("DenseNet ceilings (resident)", dense)):
+                    ("DenseNet ceilings (resident)", dense), ("Four settings fused (resident)", fused)):
     if recs:
         body += f"\n## {title}\n\n" + format_train_table(recs) + "\n"
 Path(f"{prefix}.md").write_text(head + body)
 Path(f"{prefix}.json").write_text(json.dumps({"machine": m, "targets": lines, "table": table, "jpg": jpg,
-                                             "dense": dense, "steps": status}, indent=2) + "\n")
+                                             "dense": dense, "fused": fused, "steps": status}, indent=2) + "\n")
 print(head + body)
 PYEOF
 }
@@ -230,3 +246,21 @@ if want dense && [ -n "$DENSE" ]; then
     done
   done
 fi
+
+# ---- fused settings (issue 16; owned by normfast/fused_bench.py) ------------------------------
+if [ "$DEVICE" = cpu ]; then FUSED_ROWS=${FUSED_ROWS:-resnet18:none}; FUSED_BATCH=${FUSED_BATCH:-16}
+else
+  FUSED_ROWS=${FUSED_ROWS:-resnet18:cudagraphs resnet50:cudagraphs densenet121:none densenet161:none \
+densenet121:cudagraphs densenet161:cudagraphs resnet18:none resnet50:none}
+  FUSED_BATCH=${FUSED_BATCH:-256}   # per setting (a step trains 4 x this)
+fi
+if want fused; then
+  for row in $FUSED_ROWS; do
+    m=${row%%:*}; c=${row##*:}
+    run_step "fused-$m-$c" "$(cap fused 150)" "$PY" -m normfast bench train --device "$DEVICE" --amp "$AMP" \
+      --batch-size "$FUSED_BATCH" --steps "$(( STEPS < 10 ? STEPS : 10 ))" --warmup "$(( WARMUP < 3 ? WARMUP : 3 ))" \
+      --repeats "$(( REPEATS < 2 ? REPEATS : 2 ))" --num-workers "$NW" --data "$WORK/syn" --backend resident \
+      --model "$m" --compile "$c" --norm finetune,pretrain,instance,minmax --json "$RESULTS.fused-$m-$c.json"
+  done
+fi
+# ---- end of the fused block ------------------------------------------------------------------

@@ -162,6 +162,11 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
     from normfast.models import models
     from normfast.precision import input_dtype, resolve_amp
     from normfast.step import TrainStep
+    if "," in norm or norm == "all":        # several settings: fused against one after another
+        from normfast.fused_bench import bench_train_fused
+        from normfast.fused_train import parse_norms
+        return bench_train_fused(data_dir, backends_, models_, compiles, parse_norms(norm), device, amp, batch_size,
+                                 steps, warmup, repeats, num_workers, chunks, echo)
     if steps < 1 or warmup < 0 or repeats < 1:
         raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
     device = resolve_device(device)
@@ -257,6 +262,9 @@ def _endless(loader):
 
 
 def format_train_table(records: list[dict]) -> str:
+    if records and records[0].get("fused"):
+        from normfast.fused_bench import format_fused_table
+        return format_fused_table(records)
     lines = ["| model | compile | backend | batches/chunk | device | amp | ceiling img/s | end-to-end img/s "
              "| efficiency | data wait | producer CPU ms / batch | spread |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -124,6 +124,19 @@ class Names(click.Choice):
         pass
 
 
+class NormList(Names):
+    """`train --norm`: one setting as before, or a comma list or `all` (a fused run)."""
+
+    def convert(self, value, param, ctx):
+        if "," not in str(value) and value != "all":
+            return super().convert(value, param, ctx)
+        from normfast.fused_train import parse_norms
+        try:
+            return ",".join(parse_norms(str(value), prefix=""))
+        except NormfastError as e:
+            self.fail(str(e), param, ctx)
+
+
 def _all(where: str):
     """A comma list of all the registry's names, as a lazy default."""
     return lambda: ",".join(Names(where).choices)
@@ -207,8 +220,8 @@ def _train_options(f):
     opts = [
         click.option("--data", help="Converted dataset directory (from `normfast convert`)."),
         click.option("--model", type=Names("normfast.models:models"), help="Backbone (default resnet18)."),
-        click.option("--norm", type=Names("normfast.normalization:settings"),
-                     help="Normalization setting (default finetune)."),
+        click.option("--norm", type=NormList("normfast.normalization:settings"), help="Normalization setting "
+                     "(default finetune); a comma list or `all`: trained together as one fused model."),
         click.option("--backend", type=Names("normfast.loaders:backends"), help="Loader backend (default resident)."),
         click.option("--stats", type=Names("normfast.normalization:stats_sources"),
                      help="finetune statistics: manifest (computed at conversion) "
@@ -262,6 +275,9 @@ def train(config_file, **options):
     from normfast.config import resolve_train_config
     from normfast.manifest import load_manifest
     from normfast.train import train as run
+    if "," in (options.get("norm") or ""):       # several settings: one fused run
+        from normfast.fused_train import train_command
+        return train_command(config_file, options, click.echo)
     cfg = resolve_train_config(config_file, **options)
     best = run(cfg)
     if not cfg.quiet:
@@ -333,7 +349,8 @@ def bench_loaders_cmd(data, backend, norm, device, dtype, batch_size, epochs, ma
 @click.option("--model", default="resnet18", show_default=True, callback=_nonempty, help="Comma-separated models.")
 @click.option("--compile", "compiles", default="none", show_default=True, callback=_nonempty,
               help="Comma-separated compile modes (see `normfast train --help`).")
-@click.option("--norm", default="finetune", show_default=True)
+@click.option("--norm", default="finetune", show_default=True,
+              help="A setting, or a comma list / all: the fused step against the settings one after another.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda when present).")
 @click.option("--amp", default="auto", show_default=True, type=Names(AMP), help="Mixed precision.")
 @click.option("--batch-size", default=256, show_default=True)

@@ -105,7 +105,7 @@ class Trainer:
         loader = loader or (self.train_loader if train else self.test_loader)
         loader.set_epoch(epoch)
         self.step.train(train)
-        meter, late = Meter(self.device), LateRead(self.device)
+        meter, late = self.new_meter(), LateRead(self.device)
         steps = 0
         # A last training batch of ONE sample is trained with the batch before it (BatchNorm
         # cannot normalize a single sample whose feature maps are 1x1, as at 32 px). This also
@@ -144,6 +144,10 @@ class Trainer:
         seconds = time.perf_counter() - start
         self._check_finite(meter.finite(), epoch, steps, "loss" if train else "test loss")
         return meter.result(self.dist, seconds)
+
+    def new_meter(self) -> Meter:
+        """An epoch's running totals (a fused run keeps one per setting)."""
+        return Meter(self.device)
 
     def model_step(self, x: torch.Tensor, y: torch.Tensor, train: bool):
         """One step of the model on a batch: (loss, logits)."""
@@ -218,12 +222,7 @@ class Trainer:
                 start, best = self._load_state(ckpt, run.last_checkpoint)
                 del ckpt
             if self.dist.main:
-                resolved = asdict(cfg) | {"dataset": self.dataset, **self.weights_record, "amp": self.amp,
-                                          "device": str(self.device), "world_size": self.dist.world_size,
-                                          "global_batch_size": cfg.batch_size,
-                                          "per_rank_batch_size": self.batch_size,
-                                          "val_count": len(self.val_loader.cfg.subset) if self.val_loader else 0,
-                                          "versions": provenance(), "data_identity": identity}
+                resolved = self.resolved_config(cfg)
                 run.write_config(resolved)
                 run.truncate_metrics(start)      # rows beyond the checkpoint are trained again
                 self.tracker = make_tracker(cfg.log, run.path, resolved)
@@ -241,6 +240,14 @@ class Trainer:
                 self._write_best(best, start)
             self.dist.barrier()
         return best
+
+    def resolved_config(self, cfg: TrainConfig) -> dict:
+        """What config.yaml records: the config and what it resolved to (after build())."""
+        return asdict(cfg) | {"dataset": self.dataset, **self.weights_record, "amp": self.amp,
+                              "device": str(self.device), "world_size": self.dist.world_size,
+                              "global_batch_size": cfg.batch_size, "per_rank_batch_size": self.batch_size,
+                              "val_count": len(self.val_loader.cfg.subset) if self.val_loader else 0,
+                              "versions": provenance(), "data_identity": self.manifest.identity}
 
     def write_epoch(self, run: RunDir, epoch: int, row: dict, best: dict, improved: bool, identity) -> None:
         """What an epoch leaves in the run directory (rank 0). Order matters for a kill at
