@@ -136,6 +136,8 @@ dense = [r for p in sorted(Path(prefix).parent.glob(Path(prefix).name + ".dense-
 lines = []
 def why(step):
     rc = status.get(step)
+    if rc == "0":
+        return f"no such row: the {step} step ran other models or compile modes"
     return "step not run" if rc is None else "out of time" if rc == "124" else f"step exit {rc}"
 def verdict(name, value, target, what, step):
     if value is None:
