@@ -112,7 +112,10 @@ run_step() {  # name cap command...: runs it within min(cap, what is left of BUD
   echo "$name $rc" >> "$status"
   log "$name exited $rc$([ "$rc" = 124 ] && echo ' (out of time)')"
 }
-cap() { local v="CAP_${1^^}"; v=${v//-/_}; echo "${!v:-$2}"; }
+cap() {  # step default: CAP_<STEP> if set, else the default (DEVICE=cpu: only what is left limits a step)
+  local v="CAP_${1^^}"; v=${v//-/_}
+  if [ "$DEVICE" = cpu ]; then echo "${!v:-$BUDGET}"; else echo "${!v:-$2}"; fi
+}
 want() { case " $STEPS_ONLY " in *" $1 "*) return 0;; esac; return 1; }
 
 summarize() {
@@ -138,6 +141,8 @@ dense = [r for p in sorted(Path(prefix).parent.glob(Path(prefix).name + ".dense-
 lines = []
 def why(step):
     rc = status.get(step)
+    if rc == "0":
+        return f"no such row: the {step} step ran other models or compile modes"
     return "step not run" if rc is None else "out of time" if rc == "124" else f"step exit {rc}"
 def verdict(name, value, target, what, step):
     if value is None:
@@ -210,7 +215,7 @@ convert() {
   fi
 }
 export -f convert want; export PY LIMIT formats backends WORK STEPS_ONLY
-run_step convert "$(cap convert 90)" bash -c convert
+run_step convert "$(cap convert 150)" bash -c convert
 if [ "$(grep '^convert ' "$status" | cut -d' ' -f2)" != 0 ]; then log "no data: nothing else to run"; exit 1; fi
 
 bench=("$PY" -m normfast bench train --device "$DEVICE" --amp "$AMP" --batch-size 256 --steps "$STEPS"

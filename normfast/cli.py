@@ -247,8 +247,7 @@ def _train_options(f):
                      help="none | default (torch.compile) | cudagraphs (CUDA only)."),
         click.option("--device", help="auto | cuda | cpu (default: cuda when present)."),
         click.option("--num-workers", type=WORKERS, help=f"Loader workers (default 2; {WORKERS_HELP})."),
-        click.option("--chunk-batches", help="Training batches a dali/ffcv loader prepares at once: auto (the "
-                     "default: about 8 MB of input on CUDA, one batch on the CPU) or N, as `bench --chunk-batches`."),
+        click.option("--chunk-batches", help="Batches a loader prepares at once: auto (default) or N, as in bench."),
         click.option("--runs", help="Root of run directories (default ./runs)."),
         click.option("--run-name", help="Run directory name (default <model>-<norm>-<backend>)."),
         click.option("--log", help="Experiment tracking: none (default) | tensorboard (RUN/tb) | wandb (offline, "
