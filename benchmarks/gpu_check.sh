@@ -31,6 +31,9 @@
 #            fused model against the same four one after another, resident, per FUSED_ROWS
 #            entry (model:compile; all four backbones, CUDA graphs and eager), each row its own
 #            step within min(CAP_FUSED, what is left)
+#   jobs     (not in the default STEPS_ONLY either: STEPS_ONLY=jobs) ResNet18 CUDA graphs,
+#            `sweep --gpus 0 --jobs-per-gpu K` for K in JOBS (1,2,4): aggregate img/s on one GPU
+#            and whether CUDA MPS was running, in $RESULTS.jobs.md
 # and ends with one PASS/FAIL/SKIP line per target.
 #
 # Results: $RESULTS.{md,json} and per-step logs $RESULTS.<step>.log. RESULTS defaults to a
@@ -269,3 +272,49 @@ if want fused; then
   done
 fi
 # ---- end of the fused block ------------------------------------------------------------------
+
+# ---- jobs per GPU (issue 17; the sweep's --jobs-per-gpu) ----------------------------------------
+# K sweep workers on one GPU: K runs of JOBS_EPOCHS epochs on $WORK/syn at once (--no-fuse, so
+# each is its own process), and their aggregate train img/s (the sum of the runs' mean img/s over
+# the epochs after the first). Without CUDA MPS the K processes time-share the GPU; with it their
+# kernels run side by side. MPS on: `nvidia-cuda-mps-control -d` (as the GPU's user, before the
+# workers start); off: `echo quit | nvidia-cuda-mps-control`.
+if want jobs; then
+  JOBS=${JOBS:-1,2,4}; JOBS_EPOCHS=${JOBS_EPOCHS:-4}
+  mps="not running"; pgrep -x nvidia-cuda-mps-control >/dev/null 2>&1 && mps="running"
+  jobs_compile=cudagraphs; [ "$DEVICE" = cpu ] && jobs_compile=none
+  for k in ${JOBS//,/ }; do
+    norms=$(echo finetune,pretrain,instance,minmax | cut -d, -f1-"$k")
+    printf '%s\n' "data_root: $WORK" "runs: $WORK/jobs-runs-$k" "datasets: [syn]" "models: [resnet18]" \
+      "norms: [$norms]" "backends: [resident]" \
+      "train: {epochs: $JOBS_EPOCHS, batch_size: 256, pretrained: none, compile: $jobs_compile, num_workers: 2}" \
+      > "$WORK/jobs-$k.yaml"
+    if [ "$DEVICE" = cpu ]; then where=(--workers "$k" --device cpu); else where=(--gpus 0 --jobs-per-gpu "$k"); fi
+    run_step "jobs-$k" "$(cap jobs 150)" "$PY" -m normfast sweep "$WORK/jobs-$k.yaml" "${where[@]}" --no-fuse
+  done
+  "$PY" - "$RESULTS.jobs.md" "$WORK" "$JOBS" "$mps" "$jobs_compile" "$DEVICE" <<'JOBSEOF'
+import json, sys
+from pathlib import Path
+out, work, jobs, mps, compile_, device = sys.argv[1], Path(sys.argv[2]), sys.argv[3].split(","), *sys.argv[4:7]
+where = "one GPU" if device != "cpu" else "the CPU (a dry run)"
+lines = [f"ResNet18 compile {compile_}, 32 px, batch 256, resident; K sweep workers on {where}; CUDA MPS {mps}.", "",
+         "| jobs per GPU | runs | mean img/s per run | aggregate img/s | vs 1 job |", "|---|---|---|---|---|"]
+base = None
+for k in jobs:
+    per_run = []
+    for m in sorted((work / f"jobs-runs-{k}").glob("*/*/metrics.jsonl")):
+        rows = [json.loads(x) for x in m.read_text().splitlines()]
+        ips = [r["train_images_per_second"] for r in (rows[1:] or rows)]
+        per_run.append(sum(ips) / len(ips))
+    if not per_run:
+        lines.append(f"| {k} | 0 | — | — | — |")
+        continue
+    agg = sum(per_run)
+    base = base or (agg if k == "1" else None)
+    ratio = f"{agg / base:.2f}×" if base else "—"
+    lines.append(f"| {k} | {len(per_run)} | {agg / len(per_run):,.0f} | {agg:,.0f} | {ratio} |")
+Path(out).write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+JOBSEOF
+fi
+# ---- end of the jobs block ----------------------------------------------------------------------
