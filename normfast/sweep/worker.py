@@ -84,7 +84,13 @@ def run_job(job: Job, store: ClaimStore, echo, skip: set, total: int, tag: str =
     from normfast.train import train
     label = lambda p: f"[{p.index}/{total}{tag}] {p.label}"
     fused = _train_fused() if len(job.runs) > 1 else None
-    groups = [job.runs] if fused else [[p] for p in job.runs]
+    started = [RunDir(p.run_dir).has_checkpoint() for p in job.runs]
+    if not fused:
+        groups = [[p] for p in job.runs]
+    elif all(started) or not any(started):
+        groups = [job.runs]             # one fused run: started afresh, or resumed all at one epoch
+    else:                               # some settings were started apart: each resumes alone, the rest fused
+        groups = [[p] for p, s in zip(job.runs, started) if s] + [[p for p, s in zip(job.runs, started) if not s]]
     for group in groups:
         for p in group:
             p.cfg.resume = RunDir(p.run_dir).has_checkpoint()
