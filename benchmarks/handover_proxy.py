@@ -14,7 +14,6 @@ it measures any normfast revision on PYTHONPATH the same way (for before/after f
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import threading
 import time
@@ -65,8 +64,8 @@ def main() -> None:
         print(f"{r['backend']:5s} chunk {r['chunk_batches']:>2}  {r['handovers_per_batch']:.3f} hand-overs/batch  "
               f"producer {r['producer_cpu_ms_per_batch']:.3f} CPU ms/batch  {r['images_per_second']:,.0f} img/s")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"records": records}, f, indent=2)
+        from normfast.atomic import write_json
+        write_json(a.json, {"records": records})
 
 
 if __name__ == "__main__":

@@ -77,9 +77,21 @@ def write_atomic(path: str | Path, data: bytes | bytearray | memoryview | str, w
     return path
 
 
+def move_into_place(src: str | Path, dst: str | Path) -> Path:
+    """Rename `src`, a file already written whole (by write_atomic), over `dst`: the second phase
+    of a commit over several files (a fused run's last.pt files). An OSError is one NormfastError."""
+    src, dst = Path(src), Path(dst)
+    refuse_non_regular(dst)
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        raise NormfastError(f"{dst}: cannot put {src.name} in its place ({why(e)})") from None
+    return dst
+
+
 def write_json(path: str | Path, data) -> Path:
     """`data` as indented JSON with a final newline, written atomically."""
     return write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-__all__ = ["write_atomic", "write_json", "refuse_non_regular", "temporary_for", "TEMPORARY"]
+__all__ = ["write_atomic", "write_json", "move_into_place", "refuse_non_regular", "temporary_for", "TEMPORARY"]

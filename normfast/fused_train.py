@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from dataclasses import asdict, replace
 
@@ -35,7 +34,8 @@ from normfast.normalization import resolve_norm, settings
 from normfast.ops import Normalizer
 from normfast.precision import AMP_DTYPES
 from normfast.recipe import compile_modes, optimizers, schedulers
-from normfast.rundir import BEST_CKPT, LAST, RunDir, write_atomic
+from normfast.atomic import move_into_place, write_atomic
+from normfast.rundir import BEST_CKPT, LAST, RunDir
 from normfast.step import Meter, TrainStep
 from normfast.train import Trainer, check_resumable, epoch_row, select_best
 
@@ -304,7 +304,7 @@ def commit(runs: list[RunDir], states: list[dict], epoch: int) -> None:
     for r in runs:
         write_atomic(r.path / COMMIT, note)
     for r in runs:
-        os.replace(r.path / NEXT, r.last_checkpoint)
+        move_into_place(r.path / NEXT, r.last_checkpoint)
     for r in runs:
         (r.path / COMMIT).unlink(missing_ok=True)
 
@@ -316,7 +316,7 @@ def recover(runs: list[RunDir]) -> None:
         nxt = r.path / NEXT
         if nxt.is_file():
             if committed:
-                os.replace(nxt, r.last_checkpoint)
+                move_into_place(nxt, r.last_checkpoint)
             else:
                 nxt.unlink()
     for r in runs:

@@ -196,14 +196,12 @@ def test_a_kill_during_the_commit_leaves_all_settings_at_one_epoch(tmp_path):
             return wrapper
         try:
             os.replace = counted(real_replace)
-            fused_train.os.replace = os.replace
             try:
                 fused_train.commit(runs, [{"epoch": 1}, {"epoch": 1}], 1)
             except KeyboardInterrupt:
                 pass
         finally:
             os.replace = real_replace
-            fused_train.os.replace = real_replace
         recover(runs)
         epochs = {torch.load(r.last_checkpoint, weights_only=False)["epoch"] for r in runs}
         assert len(epochs) == 1, (stop_after, epochs)
