@@ -152,21 +152,12 @@ def format_loader_table(records: list[dict]) -> str:
 
 # ---------------------------------------------------------------- training
 
-def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", norm: str = "finetune",
-                device=None, amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5,
-                repeats: int = 3, num_workers: int = 2, chunks: str = "auto", echo=print) -> list[dict]:
-    """Per model x compile mode, one TrainStep (one compilation); per backend, its loader is
-    built, measured against that step's ceiling in alternating repeats, and closed."""
-    from normfast.manifest import load_manifest
+def train_setup(data_dir, device, amp: str, chunks: str, compiles: str, steps: int, warmup: int, repeats: int):
+    """`bench train`'s checked settings (also the fused bench's): (device, manifest, amp, input
+    dtype, chunk sizes, compile modes)."""
     from normfast import recipe
-    from normfast.models import models
+    from normfast.manifest import load_manifest
     from normfast.precision import input_dtype, resolve_amp
-    from normfast.step import TrainStep
-    if "," in norm or norm == "all":        # several settings: fused against one after another
-        from normfast.fused_bench import bench_train_fused
-        from normfast.fused_train import parse_norms
-        return bench_train_fused(data_dir, backends_, models_, compiles, parse_norms(norm), device, amp, batch_size,
-                                 steps, warmup, repeats, num_workers, chunks, echo)
     if steps < 1 or warmup < 0 or repeats < 1:
         raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
     device = resolve_device(device)
@@ -181,6 +172,23 @@ def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", 
             raise NormfastError(f"--compile {c!r}: valid: {', '.join(recipe.compile_modes.names())}")
         if recipe.compile_modes.get(c).cuda_graphs and device.type != "cuda":
             raise NormfastError(f"--compile {c} needs a CUDA device")
+    return device, manifest, amp, in_dtype, chunk_list, compile_modes
+
+
+def bench_train(data_dir, backends_: str, models_: str, compiles: str = "none", norm: str = "finetune",
+                device=None, amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5,
+                repeats: int = 3, num_workers: int = 2, chunks: str = "auto", echo=print) -> list[dict]:
+    """Per model x compile mode, one TrainStep (one compilation); per backend, its loader is
+    built, measured against that step's ceiling in alternating repeats, and closed."""
+    from normfast.models import models
+    from normfast.step import TrainStep
+    if "," in norm or norm == "all":        # several settings: fused against one after another
+        from normfast.fused_bench import bench_train_fused
+        from normfast.fused_train import parse_norms
+        return bench_train_fused(data_dir, backends_, models_, compiles, parse_norms(norm), device, amp, batch_size,
+                                 steps, warmup, repeats, num_workers, chunks, echo)
+    device, manifest, amp, in_dtype, chunk_list, compile_modes = train_setup(
+        data_dir, device, amp, chunks, compiles, steps, warmup, repeats)
     records = []
     backend_names = parse_list(backends_, backends)
     for model in parse_list(models_, models):

@@ -10,9 +10,8 @@ Both end to end (with the loader) and at the ceiling (the step alone on one resi
 """
 from __future__ import annotations
 
-from normfast.bench import _bench_one, _chunk_variants, parse_chunks
+from normfast.bench import _bench_one, _chunk_variants, train_setup
 from normfast.config import TrainConfig
-from normfast.device import resolve_device, use_device
 from normfast.errors import NormfastError
 from normfast.loaders import backends, build_loader
 from normfast.registry import parse_list
@@ -26,28 +25,13 @@ def _sequential(values: list[float]) -> float:
 def bench_train_fused(data_dir, backends_: str, models_: str, compiles: str, norms: list[str], device=None,
                       amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5, repeats: int = 3,
                       num_workers: int = 2, chunks: str = "auto", echo=print) -> list[dict]:
-    from normfast import recipe
     from normfast.fused_train import FusedStep
-    from normfast.manifest import load_manifest
     from normfast.models import models
     from normfast.normalization import resolve_norm
     from normfast.ops import Normalizer
-    from normfast.precision import input_dtype, resolve_amp
     from normfast.step import TrainStep
-    if steps < 1 or warmup < 0 or repeats < 1:
-        raise NormfastError("--steps and --repeats must be at least 1, --warmup at least 0")
-    device = resolve_device(device)
-    use_device(device)
-    manifest = load_manifest(data_dir)
-    amp = resolve_amp(amp, device)
-    in_dtype = input_dtype(amp)
-    chunk_list = parse_chunks(chunks)
-    compile_modes = [c.strip() for c in compiles.split(",") if c.strip()]
-    for c in compile_modes:
-        if c not in recipe.compile_modes:
-            raise NormfastError(f"--compile {c!r}: valid: {', '.join(recipe.compile_modes.names())}")
-        if recipe.compile_modes.get(c).cuda_graphs and device.type != "cuda":
-            raise NormfastError(f"--compile {c} needs a CUDA device")
+    device, manifest, amp, in_dtype, chunk_list, compile_modes = train_setup(
+        data_dir, device, amp, chunks, compiles, steps, warmup, repeats)
     records = []
     for model in parse_list(models_, models):
         for compile_mode in compile_modes:

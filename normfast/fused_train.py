@@ -22,7 +22,6 @@ import sys
 from dataclasses import asdict, replace
 
 import torch
-import torch.nn as nn
 
 from normfast.config import TrainConfig, validate
 from normfast.errors import NormfastError
@@ -32,8 +31,6 @@ from normfast.manifest import load_manifest
 from normfast.models import build_model
 from normfast.normalization import resolve_norm, settings
 from normfast.ops import Normalizer
-from normfast.precision import AMP_DTYPES
-from normfast.recipe import compile_modes, optimizers, schedulers
 from normfast.atomic import move_into_place, write_atomic
 from normfast.rundir import BEST_CKPT, LAST, RunDir
 from normfast.step import Meter, TrainStep
@@ -82,23 +79,10 @@ class FusedStep(TrainStep):
         self.groups = len(cfgs)
         torch.manual_seed(cfg.seed)          # the initial weights every separate run of this seed starts from
         net, self.weights = build_model(cfg.model, num_classes, cfg.pretrained)
-        self.device, self.amp = device, amp
-        self.model = fuse_models([net] * self.groups).to(device, memory_format=torch.channels_last)
+        self._wire(fuse_models([net] * self.groups), device=device, amp=amp, compile=cfg.compile, lr=cfg.lr,
+                   epochs=cfg.epochs, scheduler=cfg.scheduler, dist=dist, static_batch_sizes=static_batch_sizes,
+                   optimizer=cfg.optimizer)
         self.layout, self.names = state_layout(self.model), parameter_names(self.model)
-        self.opt = optimizers.get(cfg.optimizer)(self.model.parameters(), cfg.lr)
-        self.sched = schedulers.get(cfg.scheduler)(self.opt, cfg.epochs)
-        # fp16: one loss scale for all settings, so an overflow in one skips the step of all
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-        self.autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp])
-                         if amp in AMP_DTYPES else contextlib.nullcontext())
-        self.ddp = self.model
-        if dist is not None and dist.enabled:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        mode = compile_modes.get(cfg.compile)
-        self.cudagraphs = mode.cuda_graphs
-        self.compiled = torch.compile(self.ddp, mode=mode.mode, dynamic=False) if mode.compiled else None
-        self.static = frozenset(static_batch_sizes)
         self.normalizers: list[Normalizer] = []       # set once the weights (pretrain's mean/std) are known
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,20 +90,10 @@ class FusedStep(TrainStep):
         return torch.cat([n.nchw(x) for n in self.normalizers], 1).contiguous(memory_format=torch.channels_last)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, train: bool = True):
-        """One step on an unnormalized batch; returns (per-setting losses (G,), logits (N, G, classes))."""
-        module = self.module_for(len(x))
-        if module is self.compiled and self.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        xs = self.inputs(x)
-        with self.autocast:
-            out = module(xs)
-            losses = per_setting_loss(out, y)
-        if train:
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(losses.sum()).backward()     # no shared parameter: each model gets its own gradient
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        return losses, out
+        """One step on an unnormalized batch; returns (per-setting losses (G,), logits (N, G, classes)).
+        The losses are summed for the backward: no parameter is shared, so each model gets its own
+        gradient."""
+        return self._step(self.inputs(x), y, train, lambda out: per_setting_loss(out, y), lambda losses: losses.sum())
 
     def setting_states(self) -> list[dict]:
         """Each setting's state as a separate run's TrainStep.state_dict() would hold it."""

@@ -35,10 +35,18 @@ class TrainStep:
                  static_batch_sizes=(), optimizer: str = "adam"):
         torch.manual_seed(seed)
         net, self.weights = build_model(model, num_classes, pretrained)
+        self._wire(net, device=device, amp=amp, compile=compile, lr=lr, epochs=epochs, scheduler=scheduler,
+                   dist=dist, static_batch_sizes=static_batch_sizes, optimizer=optimizer)
+
+    def _wire(self, net: nn.Module, *, device: torch.device, amp: str, compile: str, lr: float, epochs: int,
+              scheduler: str, dist: Dist | None, static_batch_sizes, optimizer: str) -> None:
+        """Everything around the network: device and memory format, optimizer, schedule, precision,
+        DDP and compilation (shared with the fused step, whose network holds G models)."""
         self.device, self.amp = device, amp
         self.model = net.to(device, memory_format=torch.channels_last)
         self.opt = optimizers.get(optimizer)(self.model.parameters(), lr)
         self.sched = schedulers.get(scheduler)(self.opt, epochs)
+        # fp16: one loss scale; for a fused step, one for all its settings (an overflow skips all)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp])
                          if amp in AMP_DTYPES else contextlib.nullcontext())
@@ -46,11 +54,9 @@ class TrainStep:
         if dist is not None and dist.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.compiled = None
         mode = compile_modes.get(compile)
         self.cudagraphs = mode.cuda_graphs
-        if mode.compiled:
-            self.compiled = torch.compile(self.ddp, mode=mode.mode, dynamic=False)
+        self.compiled = torch.compile(self.ddp, mode=mode.mode, dynamic=False) if mode.compiled else None
         self.static = frozenset(static_batch_sizes)
 
     def module_for(self, batch: int) -> nn.Module:
@@ -59,15 +65,20 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, train: bool = True):
         """One forward (and, when training, backward + optimizer) step; returns (loss, logits)."""
+        return self._step(x, y, train, lambda out: loss_fn(out.float(), y), lambda loss: loss)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, train: bool, losses, total):
+        """forward under autocast, `losses(logits)`, and when training backward of `total(loss)`
+        and the optimizer step (through the scaler); returns (loss, logits)."""
         module = self.module_for(len(x))
         if module is self.compiled and self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         with self.autocast:
             out = module(x)
-            loss = loss_fn(out.float(), y)
+            loss = losses(out)
         if train:
             self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(total(loss)).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
         return loss, out

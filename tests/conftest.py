@@ -42,3 +42,14 @@ def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "synthetic"
     convert(ConvertConfig("synthetic", out, limit=40, quiet=True))
     return out
+
+
+@pytest.fixture
+def no_bench(monkeypatch):
+    """The checks must come before the benchmark runs: running it fails the test."""
+    import normfast.bench
+
+    def ran(*a, **k):
+        raise AssertionError("the benchmark ran before its options were checked")
+    monkeypatch.setattr(normfast.bench, "bench_loaders", ran)
+    monkeypatch.setattr(normfast.bench, "bench_train", ran)

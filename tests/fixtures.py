@@ -122,3 +122,49 @@ def tmpfs(path, options: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def cli(*args):
+    """`normfast ARGS` in this process: (exit code, output)."""
+    from click.testing import CliRunner
+    from normfast.cli import main
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    return r.exit_code, r.output
+
+
+def one_error_line(code, out, *parts):
+    """A user mistake: exit 1 and one `error:` line holding every part."""
+    assert code == 1, out
+    assert out.startswith("error: ") and out.strip().count("\n") == 0, out
+    for p in parts:
+        assert p in out, out
+
+
+def edit_manifest(out: Path, change) -> None:
+    """Apply `change` to the dataset's manifest.json (a tampering test's edit)."""
+    import json
+    p = out / "manifest.json"
+    m = json.loads(p.read_text())
+    change(m)
+    p.write_text(json.dumps(m))
+
+
+def the_error_line(result, *expected) -> str:
+    """A click Result of a refused command: exit 1, exactly one `error:` line holding every
+    expected text, no traceback; returns that line."""
+    out = result.output
+    assert result.exit_code == 1, out
+    lines = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in out, out
+    for e in expected:
+        assert e in lines[0], lines[0]
+    return lines[0]
+
+
+def one_run_grid(path: Path, data: Path, runs: Path, train: dict) -> Path:
+    """A grid file of one resnet18/finetune/resident run on `data` with this `train:` section."""
+    import yaml
+    path.write_text(yaml.safe_dump({"data_root": str(data.parent), "runs": str(runs), "datasets": [data.name],
+                                    "models": ["resnet18"], "norms": ["finetune"], "backends": ["resident"],
+                                    "train": train}))
+    return path

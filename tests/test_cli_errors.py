@@ -5,23 +5,9 @@ import tempfile
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-import normfast.bench
-from normfast.cli import main
+from fixtures import cli, one_error_line, one_run_grid
 from normfast.sweep import plan
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.output
-
-
-def one_error_line(code, out, *parts):
-    assert code == 1, out
-    assert out.startswith("error: ") and out.strip().count("\n") == 0, out
-    for p in parts:
-        assert p in out, out
 
 
 @pytest.mark.parametrize("lr", ["nan", "inf", "-inf"])
@@ -47,13 +33,6 @@ def test_help_and_version_still_work():
     assert code == 0 and "version" in out
 
 
-@pytest.fixture
-def no_bench(monkeypatch):
-    """The checks must come before the benchmark runs: running it fails the test."""
-    def ran(*a, **k):
-        raise AssertionError("the benchmark ran before --json was checked")
-    monkeypatch.setattr(normfast.bench, "bench_loaders", ran)
-    monkeypatch.setattr(normfast.bench, "bench_train", ran)
 
 
 @pytest.mark.parametrize("command", [["bench", "loaders"], ["bench", "train"]])
@@ -106,10 +85,7 @@ def test_report_names_a_bad_best_results_file(tmp_path):
 
 
 def test_grid_train_section_errors_name_the_grid_file(synthetic_dir, tmp_path):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"data_root": str(synthetic_dir.parent), "runs": str(tmp_path / "runs"),
-                                    "datasets": ["synthetic"], "models": ["resnet18"], "norms": ["finetune"],
-                                    "backends": ["resident"], "train": {"epoch": 1}}))
+    grid = one_run_grid(tmp_path / "grid.yaml", synthetic_dir, tmp_path / "runs", {"epoch": 1})
     code, out = cli("sweep", grid, "--dry-run")
     assert code == 1 and f"failed: {grid}: train: unknown key 'epoch'" in out, out
     assert "command line" not in out

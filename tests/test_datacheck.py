@@ -3,7 +3,6 @@ training, by every verb; no path outside the dataset is read (normfast issue 18,
 1, 2, 5 and 6)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -17,6 +16,7 @@ from fixtures import write_tiny_imagenet
 from normfast.cli import main
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
+from fixtures import edit_manifest, the_error_line
 
 
 def read_index(path):     # imported late: the tests also run against the code before issue 18
@@ -42,11 +42,7 @@ def data(base, tmp_path):
     return out
 
 
-def edit(out, change):
-    p = out / "manifest.json"
-    m = json.loads(p.read_text())
-    change(m)
-    p.write_text(json.dumps(m))
+edit = edit_manifest
 
 
 def run(*args):
@@ -55,14 +51,7 @@ def run(*args):
 
 def refused(args, *expected):
     """The command exits 1 with one `error:` line holding every expected text, no traceback."""
-    r = run(*args)
-    out = r.output
-    assert r.exit_code == 1, out
-    lines = [line for line in out.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    for e in expected:
-        assert e in lines[0], lines[0]
-    return lines[0]
+    return the_error_line(run(*args), *expected)
 
 
 def train_args(data, tmp_path, backend):

@@ -5,24 +5,10 @@ import json
 
 import pytest
 import torch
-import yaml
-from click.testing import CliRunner
 
 from converters.convert import ConvertConfig, convert
-from normfast.cli import main
+from fixtures import cli, one_error_line, one_run_grid
 from normfast.errors import NormfastError
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    return r.exit_code, r.output
-
-
-def one_error_line(code, out, *parts):
-    assert code == 1, out
-    assert out.startswith("error: ") and out.strip().count("\n") == 0, out
-    for p in parts:
-        assert p in out, out
 
 
 def train_args(data, runs, *extra):
@@ -95,10 +81,7 @@ def test_grid_seeds_must_be_integers(seeds):
 
 
 def test_grid_train_section_is_as_strict(tiny, tmp_path):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"data_root": str(tiny.parent), "runs": str(tmp_path / "runs"),
-                                    "datasets": ["synthetic"], "models": ["resnet18"], "norms": ["finetune"],
-                                    "backends": ["resident"], "train": {"epochs": 1.5}}))
+    grid = one_run_grid(tmp_path / "grid.yaml", tiny, tmp_path / "runs", {"epochs": 1.5})
     code, out = cli("sweep", grid, "--dry-run")
     assert code == 1 and f"failed: {grid}: train: epochs=1.5: expected an integer" in out, out
 
@@ -162,14 +145,6 @@ def test_seed_out_of_range(tiny, tmp_path, seed):
 
 # ---------------------------------------------------------------- workers, precision
 
-@pytest.fixture
-def no_bench(monkeypatch):
-    import normfast.bench
-
-    def ran(*a, **k):
-        raise AssertionError("the benchmark ran before its options were checked")
-    monkeypatch.setattr(normfast.bench, "bench_loaders", ran)
-    monkeypatch.setattr(normfast.bench, "bench_train", ran)
 
 
 @pytest.mark.parametrize("verb", ["loaders", "train"])

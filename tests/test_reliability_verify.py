@@ -1,6 +1,5 @@
 """verify checks the manifest's own contents against the data; manifests are type-checked on
 load; every mistake is one error line (normfast issue 11)."""
-import json
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +9,7 @@ from normfast.cli import main
 from normfast.errors import NormfastError
 from normfast.manifest import load_manifest
 from normfast.verify import verify
+from fixtures import edit_manifest, the_error_line
 
 
 @pytest.fixture
@@ -19,22 +19,11 @@ def data(tmp_path):
     return out
 
 
-def edit(out, change):
-    p = out / "manifest.json"
-    m = json.loads(p.read_text())
-    change(m)
-    p.write_text(json.dumps(m))
+edit = edit_manifest
 
 
 def one_line_error(args, *expected):
-    r = CliRunner().invoke(main, args)       # output holds stdout and stderr
-    out = r.output
-    assert r.exit_code == 1, out
-    lines = [line for line in out.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in out, out
-    for e in expected:
-        assert e in lines[0], lines[0]
-    return lines[0]
+    return the_error_line(CliRunner().invoke(main, args), *expected)      # output holds stdout and stderr
 
 
 def test_verify_passes_a_fresh_conversion_and_says_what_it_checked(data):
