@@ -176,7 +176,7 @@ class FusedTrainer(Trainer):
         bad = [self.norms[g] for g in self.meter.diverged()] if hasattr(self, "meter") else []
         which = ", ".join(bad) if bad else "a setting (on another rank)"
         return NormfastError(
-            f"training diverged: the {what} of {which} became NaN or infinite in epoch {epoch} (by step {steps}); "
+            f"training diverged: the {what} of {which} became NaN or infinite in epoch {epoch + 1} (by step {steps}); "
             f"the fused run of {', '.join(self.norms)} stopped, each setting's last good checkpoint is kept "
             f"in {self.run_dirs[0].parent}/<run>/last.pt")
 
@@ -304,8 +304,8 @@ def train_command(config_file, options: dict, echo) -> None:
     cfgs = fused_configs(resolve_train_config(config_file, **(options | {"norm": norms[0]})), norms)
     for c, best in zip(cfgs, train_fused(cfgs)):
         if not c.quiet:
-            echo(f"{c.norm}: best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch']}; "
-                 f"run directory {c.run_dir(load_manifest(c.data).name)}")
+            echo(f"{c.norm}: best test accuracy {best['best_acc']:.4f} at epoch {best['best_epoch'] + 1} "
+                 f"of {c.epochs}; run directory {c.run_dir(load_manifest(c.data).name)}")
 
 
 def train_fused(cfgs: list[TrainConfig]) -> list[dict]:

@@ -129,7 +129,7 @@ def test_a_diverged_setting_is_named(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(fused_train, "per_setting_loss", nan_for_instance)
     code, out = _cli(*_train_args(tiny, tmp_path, "--norm", "finetune,instance"))
     assert code == 1 and out.strip().count("\n") == 0, out
-    assert "the loss of instance became NaN or infinite in epoch 0" in out, out
+    assert "the loss of instance became NaN or infinite in epoch 1 " in out, out
 
 
 def _states(runs_root, norms):
