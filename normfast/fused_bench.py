@@ -25,6 +25,7 @@ def _sequential(values: list[float]) -> float:
 def bench_train_fused(data_dir, backends_: str, models_: str, compiles: str, norms: list[str], device=None,
                       amp: str = "auto", batch_size: int = 256, steps: int = 20, warmup: int = 5, repeats: int = 3,
                       num_workers: int = 2, chunks: str = "auto", echo=print) -> list[dict]:
+    from normfast.fused import MECHANISM
     from normfast.fused_train import FusedStep
     from normfast.models import models
     from normfast.normalization import resolve_norm
@@ -65,7 +66,7 @@ def bench_train_fused(data_dir, backends_: str, models_: str, compiles: str, nor
                     g = len(norms)
                     seq = _sequential([p["images_per_second"] for p in per])
                     seq_ceil = _sequential([p["ceiling_images_per_second"] for p in per])
-                    rec = {"fused": True, "mechanism": "hfta-grouped-conv", "norms": list(norms), "settings": g,
+                    rec = {"fused": True, "mechanism": MECHANISM, "norms": list(norms), "settings": g,
                            "backend": backend, "model": model, "compile": compile_mode, "device": str(device),
                            "amp": amp, "batch_size": batch_size, "image_shape": list(manifest.image_shape),
                            "chunk_requested": chunk or "auto", "steps": steps, "repeats": repeats,

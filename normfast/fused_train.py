@@ -34,7 +34,7 @@ from normfast.ops import Normalizer
 from normfast.atomic import move_into_place, write_atomic
 from normfast.rundir import BEST_CKPT, LAST, RunDir
 from normfast.step import Meter, TrainStep
-from normfast.train import Trainer, check_resumable, epoch_row, select_best
+from normfast.train import Trainer, check_resumable, epoch_line, epoch_row, select_best
 
 NEXT = "fused-next.pt"          # a fused run's new last.pt, before its commit
 COMMIT = "fused-commit.json"    # written in every setting's directory once all NEXT files are whole
@@ -257,17 +257,11 @@ class FusedTrainer(Trainer):
         for g, row in enumerate(rows):
             self._write_setting_best(g, bests[g], epoch + 1)
             if not self.cfg.quiet:
-                print(f"epoch {epoch + 1}/{self.cfg.epochs} {self.norms[g]:>9}  "
-                      f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                      f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
-                      f"{row['train_images_per_second']:.0f} img/s ({len(rows)} settings)", flush=True)
+                print(f"epoch {epoch + 1}/{self.cfg.epochs} {self.norms[g]:>9}  {epoch_line(row)} "
+                      f"({len(rows)} settings)", flush=True)
 
     def _write_setting_best(self, g: int, best: dict, epochs_done: int) -> None:
-        cfg = self.cfgs[g]
-        RunDir(self.run_dirs[g]).write_best(
-            {"selected_by": "val" if cfg.val_fraction else "test"} | best
-            | {"epochs_done": epochs_done, "epochs": cfg.epochs, "finished": epochs_done >= cfg.epochs,
-               **self.weights_record})
+        self._write_best(best, epochs_done, self.cfgs[g], self.run_dirs[g])
 
 
 def commit(runs: list[RunDir], states: list[dict], epoch: int) -> None:

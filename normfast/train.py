@@ -261,11 +261,8 @@ class Trainer:
         self._write_best(best, epoch + 1)
         self.tracker.log_epoch(epoch, (epoch + 1) * len(self.train_loader), row)
         if not self.cfg.quiet:
-            print(f"epoch {epoch + 1}/{self.cfg.epochs}  "
-                  f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                  f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
-                  f"{row['train_images_per_second']:.0f} img/s  data wait {row['data_wait_fraction']:.0%}",
-                  flush=True)
+            print(f"epoch {epoch + 1}/{self.cfg.epochs}  {epoch_line(row)}  "
+                  f"data wait {row['data_wait_fraction']:.0%}", flush=True)
 
     def _all_ranks_agree(self, refusal: NormfastError | None) -> None:
         """Rank 0's refusal (lock held, nothing to resume, ...) stops every rank, not only rank 0."""
@@ -284,11 +281,20 @@ class Trainer:
             raise NormfastError(f"{path}: does not fit this run ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0][:160] if str(e) else ''}); use --run-name") from None
 
-    def _write_best(self, best: dict, epochs_done: int) -> None:
-        RunDir(self.run_dir).write_best(
-            {"selected_by": "val" if self.cfg.val_fraction else "test"} | best
-            | {"epochs_done": epochs_done, "epochs": self.cfg.epochs,
-               "finished": epochs_done >= self.cfg.epochs, **self.weights_record})
+    def _write_best(self, best: dict, epochs_done: int, cfg: TrainConfig | None = None, run_dir=None) -> None:
+        """best_results.json of this run (or, for a fused run, of the setting `cfg` in `run_dir`)."""
+        cfg = cfg or self.cfg
+        RunDir(run_dir or self.run_dir).write_best(
+            {"selected_by": "val" if cfg.val_fraction else "test"} | best
+            | {"epochs_done": epochs_done, "epochs": cfg.epochs, "finished": epochs_done >= cfg.epochs,
+               **self.weights_record})
+
+
+def epoch_line(row: dict) -> str:
+    """An epoch's losses, accuracies and speed as the epoch line shows them."""
+    return (f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+            f"{row['train_images_per_second']:.0f} img/s")
 
 
 def epoch_row(epoch: int, lr: float, tr: dict, te: dict, va: dict | None) -> dict:
