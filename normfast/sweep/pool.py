@@ -19,6 +19,7 @@ from pathlib import Path
 
 from normfast.errors import NormfastError
 from normfast.sweep.planning import SweepRequest
+from normfast.validate import usable_workers
 
 STOP_GRACE_S = 30.0      # s a worker gets to release its claims after SIGTERM before SIGKILL
 
@@ -97,7 +98,7 @@ def run_workers(request: SweepRequest, slots: list[Slot], echo) -> list[int]:
     env0 = dict(os.environ)
     # the workers import the normfast this process runs, wherever it is installed
     root = str(Path(normfast.__file__).resolve().parent.parent)
-    threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
+    threads = str(max(1, usable_workers() // len(slots)))    # the cores this process may use
     payload = json.dumps(request.to_dict())
     procs = []
     old = signal.signal(signal.SIGTERM, _raise_interrupt)

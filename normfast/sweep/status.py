@@ -17,6 +17,7 @@ from normfast.sweep.worker import finished, ordered_jobs
 class State:
     kind: str            # done | running | failed | pending | error
     detail: str = ""
+    time: float = 0.0    # failed: when the failure was recorded
 
 
 def state_of(p: Prepared, store: ClaimStore) -> State:
@@ -30,7 +31,7 @@ def state_of(p: Prepared, store: ClaimStore) -> State:
         return State("running", f"{claim.describe()}, epoch {epochs}/{p.cfg.epochs}")
     failure = store.failure(p.key)
     if failure:
-        return State("failed", str(failure.get("error", "?")))
+        return State("failed", str(failure.get("error", "?")), float(failure.get("time", 0)))
     return State("pending", "to resume" if RunDir(p.run_dir).has_checkpoint() else "to run")
 
 
@@ -63,8 +64,7 @@ def summary_rows(plan: Plan, request: SweepRequest, done_before: set) -> list[di
         elif s.kind == "running":
             status = f"running ({s.detail})"
         elif s.kind == "failed":
-            failure = store.failure(p.key) or {}
-            since = float(failure.get("time", 0)) >= request.started
+            since = s.time >= request.started
             status = f"failed: {s.detail}" if since else f"not run (failed before: {s.detail})"
         else:
             status = "not run"
@@ -94,8 +94,7 @@ def print_status(plan: Plan, request: SweepRequest, echo) -> None:
         seconds, source = est.seconds_left(p)
         left += seconds
         sources[source] = sources.get(source, 0) + 1
-        what = {"running": "running", "failed": "failed", "pending": "pending"}[s.kind]
-        echo(f"{head}: {what} ({s.detail}; {gpu_hours(seconds)} GPU-h left, img/s {source})")
+        echo(f"{head}: {s.kind} ({s.detail}; {gpu_hours(seconds)} GPU-h left, img/s {source})")
     src = ", ".join(f"{v} {k}" for k, v in sorted(sources.items())) or "none left"
     echo(f"estimated GPU-hours left: {gpu_hours(left)} (img/s of the runs left: {src}; "
          f"fallback = normfast.sweep.estimate.FALLBACK_IPS)")
